@@ -1,0 +1,77 @@
+//! Building the effective configuration from its layers.
+
+use super::Config;
+use config::{Environment, File, FileFormat};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Environment variables that start with `HERALD_` but are not configuration keys.
+const NOT_KEYS: &[&str] = &["HERALD_CONFIG", "HERALD_URL"];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["cors.allowed_origins", "cors.allowed_methods", "cors.allowed_headers"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration: {0}")]
+    Layer(String),
+}
+
+/// The layers above the file: where the file is, and the flags given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config`; falls back to `HERALD_CONFIG`, then to `./herald.toml` if it exists.
+    pub config_path: Option<PathBuf>,
+    /// Flags as (key, value) pairs, e.g. `("listen", "0.0.0.0:8080")`. They win over everything.
+    pub flags: Vec<(&'static str, String)>,
+}
+
+/// Builds the configuration: defaults < file < `HERALD_…` variables (from `env`) < flags.
+pub fn load(overrides: &Overrides, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("HERALD_")).collect();
+    let mut builder = config::Config::builder();
+
+    let path = overrides.config_path.clone().or_else(|| env.get("HERALD_CONFIG").map(PathBuf::from));
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+            // config's own errors name the key but not the file; keep the path for ours.
+            check_toml_syntax(&text).map_err(|message| ConfigError::File { path: path.display().to_string(), message })?;
+        }
+        None => {
+            if std::path::Path::new("herald.toml").exists() {
+                builder = builder.add_source(File::new("herald.toml", FileFormat::Toml));
+            }
+        }
+    }
+
+    let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| !NOT_KEYS.contains(&k.as_str())).collect();
+    let mut environment = Environment::with_prefix("HERALD")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(Some(vars));
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    builder = builder.add_source(environment);
+
+    for (key, value) in &overrides.flags {
+        builder = builder.set_override(*key, value.as_str()).map_err(|e| ConfigError::Layer(e.to_string()))?;
+    }
+    let layered = builder.build().map_err(|e| ConfigError::Layer(e.to_string()))?;
+    let config: Config = layered.try_deserialize().map_err(|e| ConfigError::Layer(e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn check_toml_syntax(text: &str) -> Result<(), String> {
+    text.parse::<toml::Table>().map(drop).map_err(|e| e.to_string())
+}

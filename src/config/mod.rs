@@ -1,0 +1,266 @@
+//! Herald's configuration: what every key means, its default, and its validation.
+//!
+//! Layers, lowest first: built-in defaults < `herald.toml` < `HERALD_…` environment variables <
+//! command-line flags (see [`load`]). Unknown keys and invalid values stop start-up with an error
+//! that names the key.
+
+mod bytesize;
+mod load;
+pub mod pattern;
+mod redact;
+
+pub use bytesize::ByteSize;
+pub use load::{ConfigError, Overrides, load};
+pub use redact::redacted_toml;
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `tracing` directive list).
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: String,
+    /// `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// How often an idle stream gets a `: keep-alive` comment (or a ping event). `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Send `event: ping` instead of a comment, for clients that must see keep-alives as events.
+    pub ping_event: bool,
+    /// Reconnection delay sent to clients as `retry:` when they connect. `0s` sends none.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Create channels on first use. When false, only channels declared in `[[channels]]` (by
+    /// name or pattern) exist and anything else is a 404.
+    pub allow_undefined_channels: bool,
+    /// Most channels that may exist at once (declared ones included).
+    pub max_channels: usize,
+    /// Most channels one subscription may name.
+    pub max_channels_per_connection: usize,
+    /// Longest channel name, in bytes.
+    pub max_channel_name_length: usize,
+    /// What happens to a subscriber that falls further behind than history reaches.
+    pub lag_policy: LagPolicy,
+    /// How long shutdown waits for connections to finish after streams are ended.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub limits: Limits,
+    pub history: HistoryConfig,
+    pub cors: CorsConfig,
+    /// Declared channels and patterns, first match wins.
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LagPolicy {
+    /// Send `event: error` / `data: lagged: N messages skipped` and continue from the oldest
+    /// event still in history.
+    Notify,
+    /// Send the same notice, then end the stream; the client reconnects with its last id.
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest publish request body.
+    pub max_body_size: ByteSize,
+    /// Largest single event once encoded (data plus fields).
+    pub max_event_size: ByteSize,
+    /// Most events in one publish request.
+    pub max_batch_events: usize,
+    /// Most bytes a subscriber writes in one go when catching up: the coalescing unit, and the
+    /// bound on what one connection holds beyond the shared history.
+    pub write_batch: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Where history lives.
+    pub store: StoreKind,
+    /// Events kept per channel (the default for channels without their own `history_size`).
+    pub size: usize,
+    /// Age after which events leave history. `0s` keeps them until `size` or `max_memory` evicts.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Cap on the bytes held by all channels' history together; past it the oldest events of the
+    /// whole hub are evicted first.
+    pub max_memory: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed to subscribe and publish from a browser. `*` allows any origin (but never
+    /// with credentials: then only the listed origins are reflected). Empty: no CORS headers.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// A channel name (declared: it exists from start-up) or a pattern with `*` (one segment) or
+    /// `**` (any depth) that gives settings to channels created on first use.
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            keepalive_interval: Duration::from_secs(30),
+            ping_event: false,
+            retry: Duration::from_secs(3),
+            allow_undefined_channels: true,
+            max_channels: 100_000,
+            max_channels_per_connection: 1024,
+            max_channel_name_length: 200,
+            lag_policy: LagPolicy::Notify,
+            shutdown_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            history: HistoryConfig::default(),
+            cors: CorsConfig::default(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_size: ByteSize::mib(1),
+            max_event_size: ByteSize::kib(256),
+            max_batch_events: 1000,
+            write_batch: ByteSize::kib(64),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { store: StoreKind::Memory, size: 1000, ttl: Duration::ZERO, max_memory: ByteSize::mib(256) }
+    }
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allowed_origins: vec!["*".into()],
+            allowed_methods: vec!["GET".into(), "POST".into(), "OPTIONS".into()],
+            allowed_headers: vec!["Content-Type".into(), "Last-Event-ID".into(), "Authorization".into(), "Cache-Control".into()],
+            allow_credentials: false,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Upper bound on `history.size` and per-channel `history_size`, so a typo cannot ask for more
+/// memory than any machine has.
+pub const MAX_HISTORY_SIZE: usize = 10_000_000;
+
+impl Config {
+    /// Checks what serde's types cannot. Each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
+        if self.max_channels == 0 {
+            return bad("max_channels", "must be at least 1".into());
+        }
+        if self.max_channels_per_connection == 0 {
+            return bad("max_channels_per_connection", "must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.max_channel_name_length) {
+            return bad("max_channel_name_length", "must be between 1 and 4096".into());
+        }
+        if self.history.size > MAX_HISTORY_SIZE {
+            return bad("history.size", format!("must be at most {MAX_HISTORY_SIZE}"));
+        }
+        if self.limits.write_batch.0 < 1024 {
+            return bad("limits.write_batch", "must be at least 1KiB".into());
+        }
+        if self.limits.max_event_size.0 == 0 || self.limits.max_event_size > self.limits.max_body_size {
+            return bad("limits.max_event_size", "must be more than 0 and at most limits.max_body_size".into());
+        }
+        if self.limits.max_batch_events == 0 {
+            return bad("limits.max_batch_events", "must be at least 1".into());
+        }
+        if !self.keepalive_interval.is_zero() && self.keepalive_interval < Duration::from_millis(10) {
+            return bad("keepalive_interval", "must be 0s (off) or at least 10ms".into());
+        }
+        self.cors.validate("cors")?;
+        let declared = self.channels.iter().filter(|c| !pattern::is_pattern(&c.pattern)).count();
+        if declared > self.max_channels {
+            return bad("channels", format!("declares {declared} channels but max_channels is {}", self.max_channels));
+        }
+        for (i, ch) in self.channels.iter().enumerate() {
+            let key = format!("channels[{i}]");
+            pattern::validate_pattern(&ch.pattern, self.max_channel_name_length)
+                .or_else(|e| bad(&format!("{key}.pattern"), format!("`{}`: {e}", ch.pattern)))?;
+            if ch.history_size.is_some_and(|n| n > MAX_HISTORY_SIZE) {
+                return bad(&format!("{key}.history_size"), format!("must be at most {MAX_HISTORY_SIZE}"));
+            }
+            if let Some(cors) = &ch.cors {
+                cors.validate(&format!("{key}.cors"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CorsConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        for origin in &self.allowed_origins {
+            let ok = origin == "*" || ((origin.starts_with("http://") || origin.starts_with("https://")) && !origin.ends_with('/'));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.allowed_origins"),
+                    message: format!("`{origin}` is not `*` or an origin such as `https://app.example.com` (scheme and host, no path)"),
+                });
+            }
+        }
+        for m in &self.allowed_methods {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid { key: format!("{key}.allowed_methods"), message: format!("`{m}` is not an HTTP method") });
+            }
+        }
+        for h in &self.allowed_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid { key: format!("{key}.allowed_headers"), message: format!("`{h}` is not a header name") });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! Printing the effective configuration without its secrets.
+
+use super::Config;
+
+/// Key fragments whose values are never printed.
+const SECRET_KEYS: &[&str] = &["password", "secret", "token", "private_key"];
+
+/// The configuration as TOML, with secret values and URL passwords replaced.
+pub fn redacted_toml(config: &Config) -> String {
+    let mut value = toml::Value::try_from(config).expect("configuration serialises to TOML");
+    redact(&mut value, false);
+    toml::to_string_pretty(&value).expect("TOML value prints")
+}
+
+fn redact(value: &mut toml::Value, secret: bool) {
+    match value {
+        toml::Value::String(s) => {
+            if secret {
+                *s = "<redacted>".into();
+            } else if let Some(clean) = strip_url_password(s) {
+                *s = clean;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                redact(v, secret || SECRET_KEYS.iter().any(|s| k.contains(s)));
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, secret)),
+        _ => {}
+    }
+}
+
+/// `redis://user:pw@host` becomes `redis://user:<redacted>@host`.
+fn strip_url_password(s: &str) -> Option<String> {
+    let scheme_end = s.find("://")? + 3;
+    let rest = &s[scheme_end..];
+    let at = rest.find('@')?;
+    let userinfo = &rest[..at];
+    if rest[..at].contains('/') {
+        return None;
+    }
+    let colon = userinfo.find(':')?;
+    Some(format!("{}{}:<redacted>{}", &s[..scheme_end], &userinfo[..colon], &rest[at..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn urls_lose_passwords() {
+        assert_eq!(strip_url_password("redis://u:pw@h:1/0").as_deref(), Some("redis://u:<redacted>@h:1/0"));
+        assert_eq!(strip_url_password("redis://h:1/0"), None);
+        let mut v: toml::Value = toml::from_str("[auth]\njwt_secret = \"s3\"\nurl = \"amqp://g:pw@h\"").unwrap();
+        redact(&mut v, false);
+        let s = v.to_string();
+        assert!(!s.contains("s3") && !s.contains("pw"), "{s}");
+    }
+}

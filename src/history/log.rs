@@ -1,0 +1,277 @@
+//! A channel's in-memory window of recent events, read by cursor.
+//!
+//! Cursors are channel-local sequence numbers: event `i` of the channel's life has sequence `i`,
+//! so finding where a cursor points is an index computation, and a cursor that points before the
+//! first kept event tells exactly how many events it missed.
+
+use crate::event::Event;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The fewest events a channel keeps for subscribers that fall behind, even when its history
+/// (what is replayed to reconnecting clients) is shorter.
+pub const MIN_WINDOW: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events replayed to a reconnecting client.
+    pub max_events: usize,
+    /// Age past which events leave the log.
+    pub max_age: Option<Duration>,
+}
+
+/// Where a new subscription starts in a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Only events published from now on.
+    Live,
+    /// Everything history holds, then live.
+    All,
+    /// Events after this hub position, then live.
+    After(u64),
+    /// The client named an id nobody knows: everything history holds, and a notice.
+    Unknown,
+}
+
+/// Why a resuming client may not get everything it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// Events after its id have already left history (or were lost in a restart).
+    Evicted,
+    /// Its id was never issued by this hub.
+    Unknown,
+}
+
+/// The outcome of one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Everything up to the limits was copied.
+    Done,
+    /// The cursor pointed before the oldest kept event; it now points at it, and this many
+    /// events were skipped.
+    Lagged(u64),
+}
+
+/// One event a multi-channel subscriber may deliver next.
+pub struct Pending {
+    pub pos: u64,
+    /// Which of the subscriber's cursors it came from, and the sequence after it.
+    pub cursor: usize,
+    pub next_seq: u64,
+    pub event: Arc<Event>,
+}
+
+pub struct ChannelLog {
+    retention: Retention,
+    /// Events kept: at least the history size, at least [`MIN_WINDOW`].
+    window: usize,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    events: VecDeque<Arc<Event>>,
+    /// Sequence of `events[0]`, which is also the number of events that have left the log.
+    first_seq: u64,
+    bytes: usize,
+    /// Position of the newest event that left the log, or the hub position when the log was
+    /// created: a client resuming from before it may have missed events.
+    floor_pos: u64,
+}
+
+impl ChannelLog {
+    /// A log whose floor is `created_at`, the hub's position when the channel came to be.
+    pub fn new(retention: Retention, created_at: u64) -> Self {
+        ChannelLog {
+            retention,
+            window: retention.max_events.max(MIN_WINDOW),
+            inner: Mutex::new(Inner { events: VecDeque::new(), first_seq: 0, bytes: 0, floor_pos: created_at }),
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// Appends an event; returns the bytes that left the log to make room.
+    pub fn push(&self, event: Arc<Event>) -> usize {
+        let mut inner = self.inner.lock();
+        inner.bytes += event.frame.len();
+        inner.events.push_back(event);
+        let mut freed = 0;
+        while inner.events.len() > self.window {
+            freed += inner.pop_front();
+        }
+        freed
+    }
+
+    /// Where a new subscription starts, and whether the client may have missed events.
+    /// `hub_last` is the newest position the hub has issued.
+    pub fn start(&self, resume: Resume, hub_last: u64) -> (u64, Option<Missed>) {
+        let inner = self.inner.lock();
+        let replay_from = inner.replay_start(&self.retention, Instant::now());
+        let replay_seq = inner.first_seq + replay_from as u64;
+        match resume {
+            Resume::Live => (inner.first_seq + inner.events.len() as u64, None),
+            Resume::All => (replay_seq, None),
+            Resume::Unknown => (replay_seq, Some(Missed::Unknown)),
+            Resume::After(pos) if pos > hub_last => (replay_seq, Some(Missed::Unknown)),
+            Resume::After(pos) => {
+                // Events before the replay start are out of reach just as evicted ones are.
+                let floor = if replay_from == 0 { inner.floor_pos } else { inner.events[replay_from - 1].pos };
+                if pos < floor {
+                    return (replay_seq, Some(Missed::Evicted));
+                }
+                let skip = inner.events.range(replay_from..).take_while(|e| e.pos <= pos).count();
+                (replay_seq + skip as u64, None)
+            }
+        }
+    }
+
+    /// The position of the newest event in history whose wire id is `id` (publishers' ids).
+    pub fn find_custom(&self, id: &str) -> Option<u64> {
+        let inner = self.inner.lock();
+        inner.events.iter().rev().find(|e| e.custom_id.as_deref() == Some(id)).map(|e| e.pos)
+    }
+
+    /// Copies the frames of events from `cursor` on into `buf`: events up to position `upto`,
+    /// and no more than `max_bytes` (but always at least one event).
+    pub fn read_into(&self, cursor: &mut u64, upto: u64, buf: &mut BytesMut, max_bytes: usize) -> ReadStep {
+        let inner = self.inner.lock();
+        if *cursor < inner.first_seq {
+            let skipped = inner.first_seq - *cursor;
+            *cursor = inner.first_seq;
+            return ReadStep::Lagged(skipped);
+        }
+        let start = buf.len();
+        let mut i = (*cursor - inner.first_seq) as usize;
+        while let Some(ev) = inner.events.get(i) {
+            if ev.pos > upto || (buf.len() > start && buf.len() - start + ev.frame.len() > max_bytes) {
+                break;
+            }
+            buf.extend_from_slice(&ev.frame);
+            i += 1;
+        }
+        *cursor = inner.first_seq + i as u64;
+        ReadStep::Done
+    }
+
+    /// Gathers up to `max` events from `cursor` on with positions up to `upto`, without moving
+    /// the cursor (unless it lagged). Returns the step and, when `max` cut the gathering short,
+    /// the position of the last event gathered: nothing after it may be delivered yet.
+    pub fn collect(&self, cursor: &mut u64, upto: u64, max: usize, index: usize, out: &mut Vec<Pending>) -> (ReadStep, Option<u64>) {
+        let inner = self.inner.lock();
+        if *cursor < inner.first_seq {
+            let skipped = inner.first_seq - *cursor;
+            *cursor = inner.first_seq;
+            return (ReadStep::Lagged(skipped), None);
+        }
+        let from = (*cursor - inner.first_seq) as usize;
+        for (taken, ev) in inner.events.range(from..).enumerate() {
+            if ev.pos > upto {
+                return (ReadStep::Done, None);
+            }
+            if taken == max {
+                return (ReadStep::Done, out.last().map(|p| p.pos));
+            }
+            out.push(Pending { pos: ev.pos, cursor: index, next_seq: *cursor + taken as u64 + 1, event: ev.clone() });
+        }
+        (ReadStep::Done, None)
+    }
+
+    /// Sequence the next event will get: a cursor equal to it is caught up.
+    pub fn end_seq(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner.first_seq + inner.events.len() as u64
+    }
+
+    /// Position of the oldest event kept.
+    pub fn front_pos(&self) -> Option<u64> {
+        self.inner.lock().events.front().map(|e| e.pos)
+    }
+
+    /// Removes the oldest event (for the global memory cap); returns its size.
+    pub fn evict_front(&self) -> usize {
+        self.inner.lock().pop_front()
+    }
+
+    /// Removes events older than the retention age; returns the bytes freed.
+    pub fn expire(&self, now: Instant) -> usize {
+        let Some(age) = self.retention.max_age else { return 0 };
+        let mut inner = self.inner.lock();
+        let mut freed = 0;
+        while inner.events.front().is_some_and(|e| now.duration_since(e.published_at) > age) {
+            freed += inner.pop_front();
+        }
+        freed
+    }
+
+    /// Events replayable to a reconnecting client, and the bytes the log holds.
+    pub fn stats(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        let replayable = inner.events.len() - inner.replay_start(&self.retention, Instant::now());
+        (replayable, inner.bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().events.is_empty()
+    }
+}
+
+impl Inner {
+    fn pop_front(&mut self) -> usize {
+        match self.events.pop_front() {
+            Some(ev) => {
+                self.first_seq += 1;
+                self.floor_pos = ev.pos;
+                self.bytes -= ev.frame.len();
+                ev.frame.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Index of the first event a reconnecting client may be given: within the history size and
+    /// younger than the retention age.
+    fn replay_start(&self, retention: &Retention, now: Instant) -> usize {
+        let by_count = self.events.len().saturating_sub(retention.max_events);
+        match retention.max_age {
+            Some(age) => by_count.max(self.events.partition_point(|e| now.duration_since(e.published_at) > age)),
+            None => by_count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ev(pos: u64) -> Arc<Event> {
+        Arc::new(Event { pos, custom_id: None, frame: Bytes::from(format!("data: {pos}\n\n")), published_at: Instant::now() })
+    }
+
+    #[test]
+    fn resume_after_and_eviction() {
+        let log = ChannelLog::new(Retention { max_events: 3, max_age: None }, 5);
+        // Fill past the window so that the first events leave it.
+        for pos in 10..10 + MIN_WINDOW as u64 + 2 {
+            log.push(ev(pos));
+        }
+        let last = 10 + MIN_WINDOW as u64 + 1;
+        assert_eq!(log.start(Resume::After(last), last), (MIN_WINDOW as u64 + 2, None));
+        assert_eq!(log.start(Resume::After(last - 1), last), (MIN_WINDOW as u64 + 1, None));
+        // Only three events are history; older ids are treated as evicted.
+        assert_eq!(log.start(Resume::After(12), last).1, Some(Missed::Evicted));
+        assert_eq!(log.start(Resume::After(last + 1), last).1, Some(Missed::Unknown));
+        assert_eq!(log.start(Resume::All, last).0, MIN_WINDOW as u64 - 1);
+        let mut cursor = 0;
+        let mut buf = BytesMut::new();
+        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20), ReadStep::Lagged(2));
+        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20), ReadStep::Done);
+        assert!(buf.starts_with(b"data: 12\n\n"));
+        assert_eq!(cursor, log.end_seq());
+    }
+}

@@ -1,0 +1,35 @@
+//! Channel history: the recent events a reconnecting or lagging subscriber is served from.
+//!
+//! Every channel has a [`ChannelLog`], an in-memory window of its most recent events that
+//! subscribers read by cursor: live delivery and replay are the same operation, so a reconnect
+//! has neither gap nor duplicate at the seam. A [`HistoryStore`] sits behind the window: it is
+//! told of every accepted event before the publisher gets its answer, and is asked for events
+//! older than the window holds. The memory store keeps nothing beyond the window.
+
+pub mod log;
+pub mod memory;
+
+pub use log::{ChannelLog, Missed, ReadStep, Retention, Resume};
+pub use memory::{MemoryBudget, MemoryStore};
+
+use crate::event::Event;
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+
+/// Where history is kept beyond the in-memory window.
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Name shown in stats and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Records accepted events of `channel`, oldest first. The publisher is answered only after
+    /// this returns, so a durable store returns once the events are durable.
+    fn append<'a>(&'a self, channel: &'a str, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Events of `channel` after position `after` that are older than the window, oldest first,
+    /// at most `limit`. `None` means the store keeps nothing beyond the window.
+    fn read_after<'a>(&'a self, channel: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("history store: {0}")]
+pub struct StoreError(pub String);

@@ -1,0 +1,220 @@
+//! `POST /sse/{channel}` and `POST /publish`: hand events to the hub.
+//!
+//! Bodies: a JSON event `{"id"?, "event"?, "data", "retry"?}` (data a string, or any JSON value
+//! written compactly), a JSON array of them (one batch, all or nothing), or `text/plain` taken
+//! as the data with `event`, `id` and `retry` in the query string. On `/publish` each JSON event
+//! names `channel` or `channels`; a text body names them with `?channel=`.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::event::Draft;
+use crate::hub::{Hub, Publication};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInput {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    event: Option<String>,
+    data: Value,
+    #[serde(default)]
+    retry: Option<u64>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    /// ssehub's name for the channel; on `POST /sse/{channel}` the URL wins, as in ssehub.
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct Published {
+    /// The id of each accepted event, in the order given.
+    pub ids: Vec<String>,
+}
+
+enum Format {
+    Json,
+    Text,
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let unsupported = |what: &str| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{what}; send application/json (an event or an array of events) or text/plain (the data)"),
+        )
+    };
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Err(unsupported("no Content-Type")) };
+    let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match ct.as_str() {
+        "application/json" => Ok(Format::Json),
+        "text/plain" => Ok(Format::Text),
+        s if s.starts_with("application/") && s.ends_with("+json") => Ok(Format::Json),
+        other => Err(unsupported(&format!("Content-Type `{other}` is not accepted"))),
+    }
+}
+
+async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = hub.config().limits.max_body_size.as_usize();
+    let too_large = || ApiError::too_large(format!("request body is larger than limits.max_body_size ({limit} bytes)"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// `POST /sse/{channel}`.
+pub async fn to_path(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Published>, ApiError> {
+    let format = format_of(&headers)?;
+    let bytes = read_body(&state.hub, &headers, body).await?;
+    let drafts = match format {
+        Format::Json => parse_json(&state.hub, &bytes)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (input, draft))| {
+                if input.channel.is_some() || input.channels.is_some() {
+                    return Err(at(i, "the channel comes from the URL here; name channels in the body with POST /publish".into()));
+                }
+                Ok((vec![channel.clone()], draft))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Format::Text => {
+            let (draft, _) = parse_text(raw.as_deref(), &bytes)?;
+            vec![(vec![channel], draft)]
+        }
+    };
+    publish(&state.hub, drafts).await
+}
+
+/// `POST /publish`.
+pub async fn to_body(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Result<Json<Published>, ApiError> {
+    let format = format_of(&headers)?;
+    let bytes = read_body(&state.hub, &headers, body).await?;
+    let drafts = match format {
+        Format::Json => parse_json(&state.hub, &bytes)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (input, draft))| {
+                let channels = match (input.channel, input.channels, input.path) {
+                    (Some(c), None, _) | (None, None, Some(c)) => vec![c],
+                    (None, Some(cs), _) if !cs.is_empty() => cs,
+                    (Some(_), Some(_), _) => return Err(at(i, "name either `channel` or `channels`, not both".into())),
+                    _ => return Err(at(i, "name the event's `channel` (or `channels`)".into())),
+                };
+                Ok((channels, draft))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Format::Text => {
+            let (draft, channels) = parse_text(raw.as_deref(), &bytes)?;
+            if channels.is_empty() {
+                return Err(ApiError::bad_request("name the channel with ?channel= (repeat it for several)"));
+            }
+            vec![(channels, draft)]
+        }
+    };
+    publish(&state.hub, drafts).await
+}
+
+fn at(index: usize, message: String) -> ApiError {
+    ApiError::bad_request(format!("event {index}: {message}"))
+}
+
+/// Parses a JSON event or batch into drafts, checking the batch length.
+fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let inputs: Vec<EventInput> = match first {
+        None => return Err(ApiError::bad_request("empty body: send an event such as {\"data\": \"hello\"}")),
+        Some(b'[') => serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON batch: {e}")))?,
+        Some(_) => vec![serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON event: {e}")))?],
+    };
+    if inputs.is_empty() {
+        return Err(ApiError::bad_request("empty batch"));
+    }
+    let max = hub.config().limits.max_batch_events;
+    if inputs.len() > max {
+        return Err(ApiError::too_large(format!("batch of {} events, more than limits.max_batch_events ({max})", inputs.len())));
+    }
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut input)| {
+            let id = match input.id.take() {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s),
+                // ssehub publishers send numeric ids.
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(_) => return Err(at(i, "`id` must be a string or a number".into())),
+            };
+            let data = match std::mem::take(&mut input.data) {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let draft = Draft { id, event: input.event.take(), data, retry: input.retry };
+            Ok((input, draft))
+        })
+        .collect()
+}
+
+/// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query.
+fn parse_text(raw_query: Option<&str>, bytes: &[u8]) -> Result<(Draft, Vec<String>), ApiError> {
+    let data = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request(format!("text body is not UTF-8: {e}")))?;
+    let mut draft = Draft { data: data.to_owned(), ..Draft::default() };
+    let mut channels = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "event" => draft.event = Some(value.into_owned()),
+            "id" => draft.id = Some(value.into_owned()),
+            "retry" => draft.retry = Some(value.parse().map_err(|_| ApiError::bad_request(format!("retry must be milliseconds, not `{value}`")))?),
+            "channel" => channels.push(value.into_owned()),
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (event, id, retry, channel)"))),
+        }
+    }
+    Ok((draft, channels))
+}
+
+/// Validates every event of the request, then publishes them all: a batch is all or nothing.
+async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Published>, ApiError> {
+    let max_event = hub.config().limits.max_event_size.as_usize();
+    let max_channels = hub.config().max_channels_per_connection;
+    let mut items = Vec::with_capacity(drafts.len());
+    for (i, (names, draft)) in drafts.into_iter().enumerate() {
+        let frame = draft.encode(max_event).map_err(|e| match e {
+            crate::event::DraftError::TooLarge { .. } => ApiError::too_large(format!("event {i}: {e}")),
+            e => at(i, e.to_string()),
+        })?;
+        if names.len() > max_channels {
+            return Err(at(i, format!("{} channels named, at most {max_channels} (max_channels_per_connection)", names.len())));
+        }
+        let mut channels = Vec::with_capacity(names.len());
+        for name in &names {
+            let ch = hub.channel(name)?;
+            if !channels.iter().any(|c| std::sync::Arc::ptr_eq(c, &ch)) {
+                channels.push(ch);
+            }
+        }
+        items.push(Publication { channels, frame, custom_id: draft.id });
+    }
+    let events = hub.publish(items).await?;
+    Ok(Json(Published { ids: events.iter().map(|e| e.wire_id().into_owned()).collect() }))
+}

@@ -1,0 +1,80 @@
+//! `GET /sse/{channel}` and `GET /sse?channel=a&channel=b`: open an event stream.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+/// Longest `Last-Event-ID` accepted.
+const MAX_LAST_EVENT_ID: usize = 1024;
+
+/// What the query string of a subscription may say.
+#[derive(Default)]
+struct SubscribeQuery {
+    channels: Vec<String>,
+    last_event_id: Option<String>,
+    replay_all: bool,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<SubscribeQuery, ApiError> {
+    let mut q = SubscribeQuery::default();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match &*key {
+            "channel" => q.channels.push(value.into_owned()),
+            // `lastEventId` is what EventSource polyfills and ssehub clients send.
+            "lastEventId" | "last_event_id" => q.last_event_id = Some(value.into_owned()),
+            "replay" => match &*value {
+                "all" => q.replay_all = true,
+                "none" | "" => {}
+                other => return Err(ApiError::bad_request(format!("replay must be `all` or `none`, not `{other}`"))),
+            },
+            // ssehub's way of asking for the whole history.
+            "getcache" => q.replay_all = value == "1" || value == "true",
+            // Anything else (cache busters, tokens for later layers) is not ours to judge.
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+pub async fn by_path(State(state): State<AppState>, Path(channel): Path<String>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    let mut q = parse_query(raw.as_deref())?;
+    q.channels = vec![channel];
+    open(&state, q, &headers)
+}
+
+pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    let q = parse_query(raw.as_deref())?;
+    if q.channels.is_empty() {
+        return Err(ApiError::bad_request("name at least one channel: /sse/{channel} or /sse?channel=a&channel=b"));
+    }
+    open(&state, q, &headers)
+}
+
+fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let limit = state.hub.config().max_channels_per_connection;
+    if q.channels.len() > limit {
+        return Err(ApiError::bad_request(format!("{} channels named, at most {limit} per connection (max_channels_per_connection)", q.channels.len())));
+    }
+    // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID is not valid text"))?.to_owned()),
+        None => q.last_event_id,
+    };
+    if last_event_id.as_ref().is_some_and(|id| id.len() > MAX_LAST_EVENT_ID) {
+        return Err(ApiError::bad_request(format!("Last-Event-ID is longer than {MAX_LAST_EVENT_ID} bytes")));
+    }
+    // An empty Last-Event-ID is what a client sends when it never saw an id.
+    let last_event_id = last_event_id.filter(|id| !id.is_empty());
+    let subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
+    let mut resp = Response::new(Body::new(subscription));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx (and proxies that copy it) not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}

@@ -1,0 +1,73 @@
+//! A channel: its history window and the wakers of the subscriptions reading it.
+
+use super::settings::ChannelSettings;
+use crate::history::ChannelLog;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use slab::Slab;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub struct Channel {
+    pub name: Arc<str>,
+    pub settings: Arc<ChannelSettings>,
+    pub log: ChannelLog,
+    /// Declared in configuration: never removed when idle.
+    pub declared: bool,
+    /// One waker per subscription reading this channel. Publishing wakes them all; each then
+    /// copies what it has not sent yet straight from the log.
+    wakers: Mutex<Slab<Arc<AtomicWaker>>>,
+    published: AtomicU64,
+    /// Set (under the hub's registry and sequencing locks) when the channel is dropped from the
+    /// registry; a publisher that still holds it looks it up again.
+    removed: AtomicBool,
+}
+
+impl Channel {
+    pub fn new(name: Arc<str>, settings: Arc<ChannelSettings>, declared: bool, created_at: u64) -> Self {
+        let log = ChannelLog::new(settings.retention, created_at);
+        Channel {
+            name,
+            settings,
+            log,
+            declared,
+            wakers: Mutex::new(Slab::new()),
+            published: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn register(&self, waker: Arc<AtomicWaker>) -> usize {
+        self.wakers.lock().insert(waker)
+    }
+
+    pub fn unregister(&self, key: usize) {
+        self.wakers.lock().try_remove(key);
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.wakers.lock().len()
+    }
+
+    pub fn wake_all(&self) {
+        for (_, waker) in self.wakers.lock().iter() {
+            waker.wake();
+        }
+    }
+
+    pub fn count_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+}

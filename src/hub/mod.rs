@@ -1,0 +1,421 @@
+//! The hub: the channel registry, the single publish path, and subscriptions.
+//!
+//! Publishing assigns every event a position in one hub-wide order (under a short lock that only
+//! numbers events and appends them to channel windows), then wakes the channels' subscriptions.
+//! Subscriptions read the windows by cursor, so a slow one costs nobody else anything, and a
+//! subscription to several channels merges them in that one order.
+
+mod channel;
+mod settings;
+mod subscription;
+
+pub use channel::Channel;
+pub use settings::{ChannelSettings, SettingsResolver};
+pub use subscription::{Subscription, SubscriptionOptions};
+
+use crate::config::{Config, pattern};
+use crate::event::Event;
+use crate::history::{HistoryStore, MemoryBudget, MemoryStore, Missed, Resume, StoreError};
+use crate::sse::FrameBuilder;
+use futures_util::task::AtomicWaker;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A channel that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("invalid channel name `{name}`: {reason}")]
+    Invalid { name: String, reason: pattern::NameError },
+    #[error("channel `{0}` does not exist (allow_undefined_channels is false and no [[channels]] entry matches)")]
+    NotFound(String),
+    #[error("channel limit reached: {0} channels exist (max_channels)")]
+    Limit(usize),
+    #[error("the hub is shutting down")]
+    Closing,
+}
+
+/// One event on its way in: the channels it goes to, and its encoded block minus the id.
+pub struct Publication {
+    pub channels: Vec<Arc<Channel>>,
+    pub frame: FrameBuilder,
+    pub custom_id: Option<String>,
+}
+
+pub struct Hub {
+    config: Arc<Config>,
+    settings: SettingsResolver,
+    channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
+    /// The newest position issued. Positions are microseconds since the Unix epoch, bumped by
+    /// one when two events fall in the same microsecond, so they keep growing across restarts.
+    seq: Mutex<u64>,
+    /// The newest position whose event is in every window it belongs to. Subscriptions to
+    /// several channels deliver nothing past it, so that they never deliver out of order.
+    watermark: AtomicU64,
+    store: Arc<dyn HistoryStore>,
+    budget: MemoryBudget,
+    evicting: Mutex<()>,
+    closing: AtomicBool,
+    started: Instant,
+    published: AtomicU64,
+    subscriptions: AtomicUsize,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Hub {
+    pub fn new(config: Config) -> Arc<Hub> {
+        let settings = SettingsResolver::new(&config);
+        let start = now_micros();
+        let hub = Hub {
+            budget: MemoryBudget::new(config.history.max_memory.as_usize()),
+            config: Arc::new(config),
+            settings,
+            channels: RwLock::new(HashMap::new()),
+            seq: Mutex::new(start),
+            watermark: AtomicU64::new(start),
+            store: Arc::new(MemoryStore),
+            evicting: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            started: Instant::now(),
+            published: AtomicU64::new(0),
+            subscriptions: AtomicUsize::new(0),
+        };
+        {
+            let mut map = hub.channels.write();
+            for name in hub.settings.declared() {
+                let settings = hub.settings.resolve(name).expect("a declared channel resolves");
+                let name: Arc<str> = name.into();
+                map.insert(name.clone(), Arc::new(Channel::new(name, settings, true, start)));
+            }
+        }
+        Arc::new(hub)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn settings(&self) -> &SettingsResolver {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &dyn HistoryStore {
+        &*self.store
+    }
+
+    /// The channel called `name`, created on first use when its settings allow.
+    pub fn channel(&self, name: &str) -> Result<Arc<Channel>, ChannelError> {
+        self.channel_with(name, |_| ()).map(|(ch, ())| ch)
+    }
+
+    /// Like [`Hub::channel`], running `attach` while the registry is locked, so that the idle
+    /// sweep cannot drop the channel between the lookup and what `attach` does.
+    fn channel_with<T>(&self, name: &str, attach: impl FnOnce(&Arc<Channel>) -> T) -> Result<(Arc<Channel>, T), ChannelError> {
+        if self.is_closing() {
+            return Err(ChannelError::Closing);
+        }
+        if let Some(ch) = self.channels.read().get(name) {
+            let t = attach(ch);
+            return Ok((ch.clone(), t));
+        }
+        pattern::validate_channel(name, self.config.max_channel_name_length)
+            .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })?;
+        let settings = self.settings.resolve(name).ok_or_else(|| ChannelError::NotFound(name.to_owned()))?;
+        let mut map = self.channels.write();
+        if let Some(ch) = map.get(name) {
+            let t = attach(ch);
+            return Ok((ch.clone(), t));
+        }
+        if map.len() >= self.config.max_channels {
+            return Err(ChannelError::Limit(map.len()));
+        }
+        let created_at = *self.seq.lock();
+        let name: Arc<str> = name.into();
+        let ch = Arc::new(Channel::new(name.clone(), settings, false, created_at));
+        map.insert(name, ch.clone());
+        let t = attach(&ch);
+        Ok((ch, t))
+    }
+
+    /// Publishes events in order. Each gets the next position; all are in their channels'
+    /// windows before any subscriber is woken, and in the store before this returns.
+    pub async fn publish(&self, mut items: Vec<Publication>) -> Result<Vec<Arc<Event>>, PublishError> {
+        let (events, targets) = loop {
+            match self.sequence(items) {
+                Ok(done) => break done,
+                // A channel was dropped as idle while we held it: look the names up again.
+                Err(mut back) => {
+                    for item in &mut back {
+                        for ch in &mut item.channels {
+                            if ch.is_removed() {
+                                *ch = self.channel(&ch.name)?;
+                            }
+                        }
+                    }
+                    items = back;
+                }
+            }
+        };
+        let mut woken: Vec<&Arc<Channel>> = Vec::new();
+        for ch in targets.iter().flatten() {
+            if !woken.iter().any(|w| Arc::ptr_eq(w, ch)) {
+                woken.push(ch);
+            }
+        }
+        for ch in &woken {
+            ch.wake_all();
+        }
+        if self.budget.over() {
+            self.enforce_budget();
+        }
+        for ch in &woken {
+            let mine: Vec<Arc<Event>> = targets
+                .iter()
+                .zip(&events)
+                .filter(|(chs, _)| chs.iter().any(|c| Arc::ptr_eq(c, ch)))
+                .map(|(_, ev)| ev.clone())
+                .collect();
+            self.store.append(&ch.name, &mine).await?;
+        }
+        Ok(events)
+    }
+
+    /// Numbers the events and appends them to their windows, under the sequencing lock.
+    /// Gives the publications back untouched when one of their channels was removed meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn sequence(&self, items: Vec<Publication>) -> Result<(Vec<Arc<Event>>, Vec<Vec<Arc<Channel>>>), Vec<Publication>> {
+        let now = Instant::now();
+        let mut seq = self.seq.lock();
+        if items.iter().any(|i| i.channels.iter().any(|c| c.is_removed())) {
+            return Err(items);
+        }
+        let mut events = Vec::with_capacity(items.len());
+        let mut targets = Vec::with_capacity(items.len());
+        let mut freed = 0;
+        for item in items {
+            let pos = (*seq + 1).max(now_micros());
+            *seq = pos;
+            let frame = match &item.custom_id {
+                Some(id) => item.frame.finish_with_id(id),
+                None => item.frame.finish_with_seq(pos),
+            };
+            let ev = Arc::new(Event { pos, custom_id: item.custom_id.map(String::into_boxed_str), frame, published_at: now });
+            for ch in &item.channels {
+                self.budget.add(ev.frame.len());
+                freed += ch.log.push(ev.clone());
+                ch.count_published(1);
+            }
+            events.push(ev);
+            targets.push(item.channels);
+        }
+        self.watermark.store(*seq, Ordering::Release);
+        drop(seq);
+        self.budget.release(freed);
+        self.published.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok((events, targets))
+    }
+
+    /// Evicts the hub's oldest events, whatever their channel, until history is back under
+    /// the low-water mark of `history.max_memory`.
+    fn enforce_budget(&self) {
+        let Some(_one_at_a_time) = self.evicting.try_lock() else { return };
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> = channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ch)| ch.log.front_pos().map(|p| std::cmp::Reverse((p, i))))
+            .collect();
+        let target = self.budget.low_water();
+        while self.budget.used() > target {
+            let Some(std::cmp::Reverse((_, i))) = heap.pop() else { break };
+            self.budget.release(channels[i].log.evict_front());
+            if let Some(p) = channels[i].log.front_pos() {
+                heap.push(std::cmp::Reverse((p, i)));
+            }
+        }
+    }
+
+    /// Opens a subscription to `names`, resuming after `last_event_id` when given.
+    pub fn subscribe(self: &Arc<Self>, names: &[String], last_event_id: Option<&str>, replay_all: bool) -> Result<Subscription, ChannelError> {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut channels: Vec<(Arc<Channel>, usize)> = Vec::with_capacity(names.len());
+        let registered = (|| {
+            for name in names {
+                if channels.iter().any(|(c, _)| &*c.name == name.as_str()) {
+                    continue;
+                }
+                channels.push(self.channel_with(name, |ch| ch.register(waker.clone()))?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = registered {
+            for (ch, key) in channels {
+                ch.unregister(key);
+            }
+            return Err(e);
+        }
+        let hub_last = self.watermark.load(Ordering::Acquire);
+        let resume = match last_event_id {
+            Some(id) => channels
+                .iter()
+                .find_map(|(ch, _)| ch.log.find_custom(id))
+                .or_else(|| parse_position(id))
+                .map_or(Resume::Unknown, Resume::After),
+            None if replay_all => Resume::All,
+            // "From now" is the same cut in every channel.
+            None => Resume::After(hub_last),
+        };
+        let mut missed = None;
+        let starts: Vec<u64> = channels
+            .iter()
+            .map(|(ch, _)| {
+                let (start, m) = ch.log.start(resume, hub_last);
+                missed = missed.or(m);
+                start
+            })
+            .collect();
+        let missed_notice = missed.map(|m| missed_notice(m, last_event_id.unwrap_or_default(), &channels));
+        let options = SubscriptionOptions::from_config(&self.config);
+        Ok(Subscription::new(self.clone(), waker, channels, starts, missed_notice, options))
+    }
+
+    pub(crate) fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscription_opened(&self) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn subscription_closed(&self) {
+        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Ends every stream: each subscription sends what it has and finishes its response.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        for ch in self.channels.read().values() {
+            ch.wake_all();
+        }
+    }
+
+    /// Background upkeep: expires events past their age, and drops channels that are not
+    /// declared, have no subscriber and no history.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        let mut idle = Vec::new();
+        for ch in channels {
+            self.budget.release(ch.log.expire(now));
+            if !ch.declared && ch.log.is_empty() && ch.subscribers() == 0 {
+                idle.push(ch);
+            }
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let mut map = self.channels.write();
+        let _no_publisher_between = self.seq.lock();
+        for ch in idle {
+            // Check again under the locks: a subscriber or an event may have arrived.
+            if ch.log.is_empty() && ch.subscribers() == 0 {
+                ch.mark_removed();
+                map.remove(&ch.name);
+            }
+        }
+    }
+
+    /// A snapshot for `/stats`.
+    pub fn stats(&self) -> Stats {
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        let mut out = Stats {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            store: self.store.kind(),
+            totals: Totals {
+                channels: channels.len(),
+                subscriptions: self.subscriptions.load(Ordering::Relaxed),
+                published: self.published.load(Ordering::Relaxed),
+                history_memory_cap: self.budget.cap(),
+                ..Totals::default()
+            },
+            channels: Default::default(),
+        };
+        for ch in channels {
+            let (history_len, history_bytes) = ch.log.stats();
+            let s = ChannelStats { subscribers: ch.subscribers(), published: ch.published(), history_len, history_bytes };
+            out.totals.subscribers += s.subscribers;
+            out.totals.history_len += s.history_len;
+            out.totals.history_bytes += s.history_bytes;
+            out.channels.insert(ch.name.to_string(), s);
+        }
+        out
+    }
+
+    /// How long shutdown waits for connections once streams are ended.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.config.shutdown_timeout
+    }
+}
+
+/// A Herald id is the decimal position: digits only, no sign, no leading zero.
+fn parse_position(id: &str) -> Option<u64> {
+    let canonical = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
+    if canonical { id.parse().ok() } else { None }
+}
+
+/// The notice a resuming client gets when history cannot give it everything it missed.
+fn missed_notice(missed: Missed, last_event_id: &str, channels: &[(Arc<Channel>, usize)]) -> bytes::Bytes {
+    let reason = match missed {
+        Missed::Evicted => "evicted",
+        Missed::Unknown => "unknown",
+    };
+    let names: Vec<&str> = channels.iter().map(|(c, _)| &*c.name).collect();
+    let data = serde_json::json!({ "reason": reason, "last_event_id": last_event_id, "channels": names });
+    crate::sse::encode::notice("missed", &data.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Stats {
+    pub uptime_seconds: u64,
+    pub store: &'static str,
+    pub totals: Totals,
+    pub channels: std::collections::BTreeMap<String, ChannelStats>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Totals {
+    pub channels: usize,
+    /// Open subscriptions (streams).
+    pub subscriptions: usize,
+    /// Subscriptions counted once per channel they read.
+    pub subscribers: usize,
+    pub published: u64,
+    pub history_len: usize,
+    pub history_bytes: usize,
+    pub history_memory_cap: usize,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ChannelStats {
+    pub subscribers: usize,
+    pub published: u64,
+    pub history_len: usize,
+    pub history_bytes: usize,
+}

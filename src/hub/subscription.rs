@@ -1,0 +1,252 @@
+//! A subscription: one streaming response body reading one or more channel windows by cursor.
+//!
+//! The body is the subscriber. There is no task or queue per connection: when hyper asks for the
+//! next chunk, the body copies every frame it has not sent yet from the windows into one buffer
+//! (coalescing a backlog into one write), or registers its waker and waits. A subscriber that
+//! stops reading is simply not polled; the window moves on without it, and when it reads again
+//! it is told how many events it lost (`lag_policy`).
+
+use super::{Channel, Hub};
+use crate::config::{Config, LagPolicy};
+use crate::history::ReadStep;
+use crate::history::log::Pending;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use http_body::{Body, Frame, SizeHint};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Events gathered per channel per round when merging several channels.
+const MERGE_BATCH: usize = 256;
+
+static KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+static KEEPALIVE_PING: &[u8] = b"event: ping\ndata: \n\n";
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionOptions {
+    pub keepalive: Option<Duration>,
+    pub ping_event: bool,
+    pub retry: Option<Duration>,
+    pub lag_policy: LagPolicy,
+    pub write_batch: usize,
+}
+
+impl SubscriptionOptions {
+    pub fn from_config(config: &Config) -> Self {
+        SubscriptionOptions {
+            keepalive: (!config.keepalive_interval.is_zero()).then_some(config.keepalive_interval),
+            ping_event: config.ping_event,
+            retry: (!config.retry.is_zero()).then_some(config.retry),
+            lag_policy: config.lag_policy,
+            write_batch: config.limits.write_batch.as_usize(),
+        }
+    }
+}
+
+struct Cursor {
+    channel: Arc<Channel>,
+    /// Key of this subscription's waker in the channel.
+    key: usize,
+    /// Sequence of the next event to send.
+    next: u64,
+}
+
+pub struct Subscription {
+    hub: Arc<Hub>,
+    waker: Arc<AtomicWaker>,
+    cursors: Vec<Cursor>,
+    buf: BytesMut,
+    /// The connect preamble (comment, `retry:`, a missed-events notice), sent first.
+    head: Option<Bytes>,
+    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    wrote_since_tick: bool,
+    /// The lag policy asked to end the stream once the buffer is out.
+    ending: bool,
+    finished: bool,
+    /// Newest position sent: an event published to several of our channels is sent once.
+    last_pos: u64,
+    scratch: Vec<Pending>,
+    options: SubscriptionOptions,
+}
+
+impl Subscription {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        waker: Arc<AtomicWaker>,
+        channels: Vec<(Arc<Channel>, usize)>,
+        starts: Vec<u64>,
+        missed_notice: Option<Bytes>,
+        options: SubscriptionOptions,
+    ) -> Self {
+        let mut head = BytesMut::with_capacity(64 + missed_notice.as_ref().map_or(0, Bytes::len));
+        head.put_slice(b": connected\n");
+        if let Some(retry) = options.retry {
+            head.put_slice(b"retry: ");
+            head.put_slice(itoa::Buffer::new().format(retry.as_millis()).as_bytes());
+            head.put_u8(b'\n');
+        }
+        head.put_u8(b'\n');
+        if let Some(notice) = missed_notice {
+            head.put_slice(&notice);
+        }
+        let cursors = channels.into_iter().zip(starts).map(|((channel, key), next)| Cursor { channel, key, next }).collect();
+        let keepalive = options.keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every));
+        hub.subscription_opened();
+        Subscription {
+            hub,
+            waker,
+            cursors,
+            buf: BytesMut::new(),
+            head: Some(head.freeze()),
+            keepalive,
+            wrote_since_tick: false,
+            ending: false,
+            finished: false,
+            last_pos: 0,
+            scratch: Vec::new(),
+            options,
+        }
+    }
+
+    /// Copies whatever is ready into `buf`.
+    fn fill(&mut self) {
+        if self.cursors.len() == 1 { self.fill_single() } else { self.fill_merged() }
+    }
+
+    fn fill_single(&mut self) {
+        loop {
+            let c = &mut self.cursors[0];
+            match c.channel.log.read_into(&mut c.next, u64::MAX, &mut self.buf, self.options.write_batch) {
+                ReadStep::Done => return,
+                ReadStep::Lagged(n) => {
+                    if !self.lagged(n) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Several channels: gather each one's pending events up to the hub's watermark (every
+    /// event up to it is visible in its windows), then send them in position order.
+    fn fill_merged(&mut self) {
+        let upto = self.hub.watermark();
+        let mut bound = upto;
+        self.scratch.clear();
+        for i in 0..self.cursors.len() {
+            loop {
+                let c = &mut self.cursors[i];
+                match c.channel.log.collect(&mut c.next, upto, MERGE_BATCH, i, &mut self.scratch) {
+                    (ReadStep::Done, cut) => {
+                        if let Some(pos) = cut {
+                            bound = bound.min(pos);
+                        }
+                        break;
+                    }
+                    (ReadStep::Lagged(n), _) => {
+                        if !self.lagged(n) {
+                            self.scratch.clear();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        self.scratch.sort_unstable_by_key(|p| p.pos);
+        let start = self.buf.len();
+        for p in &self.scratch {
+            if p.pos > bound {
+                break;
+            }
+            if p.pos > self.last_pos {
+                if self.buf.len() > start && self.buf.len() - start + p.event.frame.len() > self.options.write_batch {
+                    break;
+                }
+                self.buf.extend_from_slice(&p.event.frame);
+                self.last_pos = p.pos;
+            }
+            self.cursors[p.cursor].next = p.next_seq;
+        }
+        self.scratch.clear();
+    }
+
+    /// Writes the lag notice; returns whether to go on reading.
+    fn lagged(&mut self, skipped: u64) -> bool {
+        self.buf.put_slice(b"event: error\ndata: lagged: ");
+        self.buf.put_slice(itoa::Buffer::new().format(skipped).as_bytes());
+        self.buf.put_slice(b" messages skipped\n\n");
+        match self.options.lag_policy {
+            LagPolicy::Notify => true,
+            LagPolicy::Disconnect => {
+                self.ending = true;
+                false
+            }
+        }
+    }
+}
+
+impl Body for Subscription {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        // Register before reading: an event published after the read wakes us.
+        this.waker.register(cx.waker());
+        if this.hub.is_closing() {
+            this.finished = true;
+            return Poll::Ready(None);
+        }
+        if !this.ending {
+            this.fill();
+        }
+        if !this.buf.is_empty() {
+            this.wrote_since_tick = true;
+            this.finished = this.ending;
+            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+        }
+        if this.ending {
+            this.finished = true;
+            return Poll::Ready(None);
+        }
+        if let Some((sleep, every)) = &mut this.keepalive {
+            while sleep.as_mut().poll(cx).is_ready() {
+                sleep.as_mut().reset(Instant::now() + *every);
+                // Only an idle stream needs a keep-alive.
+                if !std::mem::take(&mut this.wrote_since_tick) {
+                    let bytes = if this.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT };
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes)))));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for c in &self.cursors {
+            c.channel.unregister(c.key);
+        }
+        self.hub.subscription_closed();
+    }
+}

@@ -1,0 +1,13 @@
+//! Herald: a Server-Sent Events hub.
+//!
+//! Publishers hand it events over HTTP; it delivers each one to every subscriber of its channel
+//! as `text/event-stream`, and replays what a reconnecting client missed.
+
+pub mod client;
+pub mod config;
+pub mod event;
+pub mod history;
+pub mod http;
+pub mod hub;
+pub mod sse;
+pub mod telemetry;

@@ -1,0 +1,192 @@
+//! The `herald` command: the hub (`serve`), its effective configuration (`config`), and a
+//! client (`publish`, `subscribe`).
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald::config::{self, Overrides};
+use herald::event::Draft;
+use herald::sse::Item;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "A Server-Sent Events hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServerFlags),
+    /// Print the effective configuration (defaults < file < env < flags), secrets redacted.
+    Config(ServerFlags),
+    /// Publish one event.
+    Publish(PublishArgs),
+    /// Subscribe to channels and print events as they arrive.
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(Args)]
+struct ServerFlags {
+    /// Configuration file (TOML). Default: $HERALD_CONFIG, else ./herald.toml if present.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Keep-alive period, e.g. 15s; 0s turns keep-alives off.
+    #[arg(long)]
+    keepalive_interval: Option<String>,
+    /// Log filter, e.g. info or herald=debug.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Events kept per channel.
+    #[arg(long)]
+    history_size: Option<usize>,
+}
+
+impl ServerFlags {
+    fn overrides(&self) -> Overrides {
+        let mut flags = Vec::new();
+        if let Some(v) = &self.listen {
+            flags.push(("listen", v.clone()));
+        }
+        if let Some(v) = &self.keepalive_interval {
+            flags.push(("keepalive_interval", v.clone()));
+        }
+        if let Some(v) = &self.log_level {
+            flags.push(("log_level", v.clone()));
+        }
+        if let Some(v) = self.history_size {
+            flags.push(("history.size", v.to_string()));
+        }
+        Overrides { config_path: self.config.clone(), flags }
+    }
+}
+
+#[derive(Args)]
+struct ClientFlags {
+    /// The hub's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    channel: String,
+    /// The data; `-` or nothing reads it from standard input.
+    data: Option<String>,
+    #[arg(long)]
+    event: Option<String>,
+    #[arg(long)]
+    id: Option<String>,
+    /// Reconnection delay for clients, in milliseconds.
+    #[arg(long)]
+    retry: Option<u64>,
+    #[command(flatten)]
+    client: ClientFlags,
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    #[arg(required = true)]
+    channels: Vec<String>,
+    /// Resume after this id.
+    #[arg(long)]
+    last_event_id: Option<String>,
+    /// Replay the whole history first.
+    #[arg(long)]
+    replay_all: bool,
+    /// Print one JSON object per event.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit when the stream ends instead of reconnecting.
+    #[arg(long)]
+    no_reconnect: bool,
+    #[command(flatten)]
+    client: ClientFlags,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(flags) => {
+            let config = config::load(&flags.overrides(), std::env::vars())?;
+            herald::telemetry::init(&config)?;
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+        }
+        Command::Config(flags) => {
+            let config = config::load(&flags.overrides(), std::env::vars())?;
+            print!("{}", config::redacted_toml(&config));
+            Ok(())
+        }
+        Command::Publish(args) => runtime()?.block_on(publish(args)),
+        Command::Subscribe(args) => runtime()?.block_on(subscribe(args)),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+async fn serve(config: herald::config::Config) -> anyhow::Result<()> {
+    let listener = herald::http::server::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "herald listening");
+    let hub = herald::hub::Hub::new(config);
+    herald::http::server::serve(listener, hub, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let data = match args.data.as_deref() {
+        Some("-") | None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("read data from standard input")?;
+            s
+        }
+        Some(d) => d.to_owned(),
+    };
+    let draft = Draft { id: args.id, event: args.event, data, retry: args.retry };
+    let id = herald::client::publish(&reqwest::Client::new(), &args.client.url, &args.channel, &draft).await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let options = herald::client::SubscribeOptions { last_event_id: args.last_event_id, replay_all: args.replay_all, reconnect: !args.no_reconnect };
+    let mut seen = 0u64;
+    let mut out = std::io::stdout();
+    herald::client::subscribe(&reqwest::Client::new(), &args.client.url, &args.channels, options, |item| {
+        let Item::Event(ev) = item else { return true };
+        let line = if args.json {
+            herald::client::event_json(ev).to_string()
+        } else {
+            format!("{} [{}] {}", ev.last_event_id, ev.event, ev.data)
+        };
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        seen += 1;
+        args.count.is_none_or(|n| seen < n)
+    })
+    .await
+}

@@ -1,0 +1,18 @@
+//! Logging through `tracing`.
+
+use crate::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `RUST_LOG` when set, else `log_level` from configuration.
+pub fn init(config: &Config) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
+        _ => EnvFilter::try_new(&config.log_level).map_err(|e| anyhow::anyhow!("configuration key `log_level`: {e}"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
