@@ -1,0 +1,213 @@
+//! The `herald` binary: configuration layers and errors, `serve` with signals, and the
+//! `publish` / `subscribe` client against a running hub.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn herald(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(dir);
+    // The tests' own environment must not leak configuration in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn effective(stdout: &str) -> toml::Table {
+    stdout.parse().unwrap_or_else(|e| panic!("herald config prints TOML: {e}\n{stdout}"))
+}
+
+#[test]
+fn runs_with_no_file_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(herald(dir.path()).arg("config"));
+    assert!(ok, "{err}");
+    let t = effective(&out);
+    assert_eq!(t["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(t["keepalive_interval"].as_str(), Some("30s"));
+    assert_eq!(t["history"]["size"].as_integer(), Some(1000));
+}
+
+#[test]
+fn precedence_is_defaults_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1111\"\nkeepalive_interval = \"5s\"\nping_event = true\n[history]\nsize = 10\nmax_memory = \"64MiB\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(herald(dir.path())
+        .args(["config", "--listen", "127.0.0.1:3333", "--config"])
+        .arg(&file)
+        .env("HERALD_KEEPALIVE_INTERVAL", "7s")
+        .env("HERALD_HISTORY__SIZE", "20")
+        .env("HERALD_CORS__ALLOWED_ORIGINS", "https://a.example,https://b.example"));
+    assert!(ok, "{err}");
+    let t = effective(&out);
+    assert_eq!(t["listen"].as_str(), Some("127.0.0.1:3333"), "flag beats file");
+    assert_eq!(t["keepalive_interval"].as_str(), Some("7s"), "env beats file");
+    assert_eq!(t["history"]["size"].as_integer(), Some(20), "nested env key");
+    assert_eq!(t["history"]["max_memory"].as_str(), Some("64MiB"), "file beats default");
+    assert_eq!(t["ping_event"].as_bool(), Some(true));
+    assert_eq!(t["max_channels"].as_integer(), Some(100_000), "default stays");
+    let origins: Vec<&str> = t["cors"]["allowed_origins"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(origins, ["https://a.example", "https://b.example"]);
+    // The flag beats the environment too, and HERALD_CONFIG names the file.
+    let (ok, out, _) = run(herald(dir.path()).args(["config", "--keepalive-interval", "9s"]).env("HERALD_CONFIG", &file).env("HERALD_KEEPALIVE_INTERVAL", "7s"));
+    assert!(ok);
+    let t = effective(&out);
+    assert_eq!(t["keepalive_interval"].as_str(), Some("9s"));
+    assert_eq!(t["history"]["size"].as_integer(), Some(10));
+}
+
+#[test]
+fn herald_toml_in_the_working_directory_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("herald.toml"), "max_channels = 7\n").unwrap();
+    let (ok, out, err) = run(herald(dir.path()).arg("config"));
+    assert!(ok, "{err}");
+    assert_eq!(effective(&out)["max_channels"].as_integer(), Some(7));
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("colour = \"blue\"\n", vec![], "colour"),
+        ("[history]\nsize = \"lots\"\n", vec![], "size"),
+        ("keepalive_interval = \"30 parsecs\"\n", vec![], "keepalive_interval"),
+        ("listen = \"nowhere\"\n", vec![], "listen"),
+        ("lag_policy = \"panic\"\n", vec![], "lag_policy"),
+        ("[limits]\nwrite_batch = 10\n", vec![], "limits.write_batch"),
+        ("[[channels]]\npattern = \"bad name\"\n", vec![], "channels[0].pattern"),
+        ("[cors]\nallowed_origins = [\"app.example\"]\n", vec![], "cors.allowed_origins"),
+        ("this is not toml", vec![], "custom.toml"),
+        ("", vec![("HERALD_NOPE", "1")], "nope"),
+        ("", vec![("HERALD_MAX_CHANNELS", "-3")], "max_channels"),
+        ("", vec![("HERALD_HISTORY__TTL", "soon")], "ttl"),
+    ];
+    let file = dir.path().join("custom.toml");
+    for (text, env, key) in cases {
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = herald(dir.path());
+        cmd.args(["serve", "--config"]).arg(&file);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let (ok, _, err) = run(&mut cmd);
+        assert!(!ok, "{text:?} {env:?} should be refused");
+        assert!(err.contains(key), "error for {text:?} {env:?} should name `{key}`: {err}");
+    }
+    let (ok, _, err) = run(herald(dir.path()).args(["config", "--config", "/no/such/herald.toml"]));
+    assert!(!ok && err.contains("/no/such/herald.toml"), "{err}");
+}
+
+/// A `herald serve` process on an ephemeral port.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(dir: &std::path::Path) -> Served {
+        let mut child = herald(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = loop {
+            assert!(Instant::now() < deadline, "server did not report its address");
+            let line = lines.next().expect("server log line").unwrap();
+            if let Some(i) = line.find("addr=") {
+                break line[i + 5..].split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served { child, url: format!("http://{addr}") }
+    }
+
+    fn client(&self, dir: &std::path::Path) -> Command {
+        let mut cmd = herald(dir);
+        cmd.env("HERALD_URL", &self.url);
+        cmd
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn publish_and_subscribe_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let mut sub = server.client(dir.path()).args(["subscribe", "cli/demo", "--json", "--count", "3"]).stdout(Stdio::piped()).spawn().unwrap();
+    // Publish until the subscriber is connected and has seen them (it starts live).
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, id1, err) = run(server.client(dir.path()).args(["publish", "cli/demo", "hello", "--event", "greet"]));
+    assert!(ok, "{err}");
+    let mut publish_stdin = server.client(dir.path()).args(["publish", "cli/demo", "-", "--id", "custom-1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut publish_stdin.stdin.take().unwrap(), b"from\nstdin").unwrap();
+    let out = publish_stdin.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "custom-1");
+    let (ok, _, _) = run(server.client(dir.path()).args(["publish", "cli/demo", "third"]));
+    assert!(ok);
+    assert!(wait_with_timeout(&mut sub, Duration::from_secs(10)).success());
+    let mut text = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0], serde_json::json!({ "id": id1.trim(), "event": "greet", "data": "hello" }));
+    assert_eq!(events[1], serde_json::json!({ "id": "custom-1", "event": "message", "data": "from\nstdin" }));
+    assert_eq!(events[2]["data"], "third");
+    // Resuming after the first id gets the other two.
+    let (ok, out, err) = run(server.client(dir.path()).args(["subscribe", "cli/demo", "--last-event-id", id1.trim(), "--count", "2", "--no-reconnect"]));
+    assert!(ok, "{err}");
+    // Human output: `<id> [<event>] <data>`, data lines as they are.
+    assert!(out.starts_with("custom-1 [message] from\nstdin\n"), "{out}");
+    assert!(out.trim_end().ends_with("[message] third"), "{out}");
+    // Errors from the hub reach the user.
+    let (ok, _, err) = run(server.client(dir.path()).args(["publish", "cli/demo", "x", "--id", "bad\nid"]));
+    assert!(!ok && err.contains("400"), "{err}");
+}
+
+#[test]
+fn sigterm_ends_streams_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Served::start(dir.path());
+    let mut sub = server.client(dir.path()).args(["subscribe", "s", "--no-reconnect"]).stdout(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = wait_with_timeout(&mut server.child, Duration::from_secs(10));
+    assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
+    // The subscriber saw its stream end and exited on its own.
+    assert!(wait_with_timeout(&mut sub, Duration::from_secs(10)).success());
+}
