@@ -173,16 +173,14 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 }
 
 async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
-    let options = herald::client::SubscribeOptions { last_event_id: args.last_event_id, replay_all: args.replay_all, reconnect: !args.no_reconnect };
+    let options =
+        herald::client::SubscribeOptions { last_event_id: args.last_event_id, replay_all: args.replay_all, reconnect: !args.no_reconnect };
     let mut seen = 0u64;
     let mut out = std::io::stdout();
     herald::client::subscribe(&reqwest::Client::new(), &args.client.url, &args.channels, options, |item| {
         let Item::Event(ev) = item else { return true };
-        let line = if args.json {
-            herald::client::event_json(ev).to_string()
-        } else {
-            format!("{} [{}] {}", ev.last_event_id, ev.event, ev.data)
-        };
+        let line =
+            if args.json { herald::client::event_json(ev).to_string() } else { format!("{} [{}] {}", ev.last_event_id, ev.event, ev.data) };
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         seen += 1;

@@ -63,7 +63,10 @@ fn precedence_is_defaults_file_env_flags() {
     let origins: Vec<&str> = t["cors"]["allowed_origins"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(origins, ["https://a.example", "https://b.example"]);
     // The flag beats the environment too, and HERALD_CONFIG names the file.
-    let (ok, out, _) = run(herald(dir.path()).args(["config", "--keepalive-interval", "9s"]).env("HERALD_CONFIG", &file).env("HERALD_KEEPALIVE_INTERVAL", "7s"));
+    let (ok, out, _) = run(herald(dir.path())
+        .args(["config", "--keepalive-interval", "9s"])
+        .env("HERALD_CONFIG", &file)
+        .env("HERALD_KEEPALIVE_INTERVAL", "7s"));
     assert!(ok);
     let t = effective(&out);
     assert_eq!(t["keepalive_interval"].as_str(), Some("9s"));
@@ -82,7 +85,9 @@ fn herald_toml_in_the_working_directory_is_read() {
 #[test]
 fn configuration_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (file text, environment, what the error must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("colour = \"blue\"\n", vec![], "colour"),
         ("[history]\nsize = \"lots\"\n", vec![], "size"),
         ("keepalive_interval = \"30 parsecs\"\n", vec![], "keepalive_interval"),
@@ -169,12 +174,19 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
 fn publish_and_subscribe_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = Served::start(dir.path());
-    let mut sub = server.client(dir.path()).args(["subscribe", "cli/demo", "--json", "--count", "3"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut sub =
+        server.client(dir.path()).args(["subscribe", "cli/demo", "--json", "--count", "3"]).stdout(Stdio::piped()).spawn().unwrap();
     // Publish until the subscriber is connected and has seen them (it starts live).
     std::thread::sleep(Duration::from_millis(300));
     let (ok, id1, err) = run(server.client(dir.path()).args(["publish", "cli/demo", "hello", "--event", "greet"]));
     assert!(ok, "{err}");
-    let mut publish_stdin = server.client(dir.path()).args(["publish", "cli/demo", "-", "--id", "custom-1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut publish_stdin = server
+        .client(dir.path())
+        .args(["publish", "cli/demo", "-", "--id", "custom-1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::io::Write::write_all(&mut publish_stdin.stdin.take().unwrap(), b"from\nstdin").unwrap();
     let out = publish_stdin.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "custom-1");
@@ -188,7 +200,8 @@ fn publish_and_subscribe_from_the_command_line() {
     assert_eq!(events[1], serde_json::json!({ "id": "custom-1", "event": "message", "data": "from\nstdin" }));
     assert_eq!(events[2]["data"], "third");
     // Resuming after the first id gets the other two.
-    let (ok, out, err) = run(server.client(dir.path()).args(["subscribe", "cli/demo", "--last-event-id", id1.trim(), "--count", "2", "--no-reconnect"]));
+    let (ok, out, err) =
+        run(server.client(dir.path()).args(["subscribe", "cli/demo", "--last-event-id", id1.trim(), "--count", "2", "--no-reconnect"]));
     assert!(ok, "{err}");
     // Human output: `<id> [<event>] <data>`, data lines as they are.
     assert!(out.starts_with("custom-1 [message] from\nstdin\n"), "{out}");

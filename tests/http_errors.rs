@@ -68,7 +68,13 @@ async fn limits_answer_413() {
     assert_eq!((status, msg.contains("max_batch_events")), (413, true), "{msg}");
     // A chunked body with no Content-Length is cut off at the limit too.
     let stream = futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'z'; 1000]))));
-    let resp = http().post(server.url("/sse/c")).header("content-type", "text/plain").body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let resp = http()
+        .post(server.url("/sse/c"))
+        .header("content-type", "text/plain")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(resp).await.0, 413);
     // Nothing of the refused requests was published.
     assert_eq!(server.stats().await["totals"]["published"], 0);
@@ -161,10 +167,8 @@ fn cors(origins: &[&str], credentials: bool) -> CorsConfig {
 }
 
 async fn preflight(server: &TestServer, path: &str, origin: &str, method: &str, headers: Option<&str>) -> reqwest::Response {
-    let mut req = http()
-        .request(reqwest::Method::OPTIONS, server.url(path))
-        .header("origin", origin)
-        .header("access-control-request-method", method);
+    let mut req =
+        http().request(reqwest::Method::OPTIONS, server.url(path)).header("origin", origin).header("access-control-request-method", method);
     if let Some(h) = headers {
         req = req.header("access-control-request-headers", h);
     }
@@ -217,7 +221,8 @@ async fn cors_refuses_unlisted_methods_and_headers() {
 async fn cors_per_channel() {
     let server = TestServer::with(|c| {
         c.cors = cors(&["https://a.example"], false);
-        c.channels = vec![ChannelConfig { pattern: "public/**".into(), history_size: None, history_ttl: None, cors: Some(cors(&["*"], false)) }];
+        c.channels =
+            vec![ChannelConfig { pattern: "public/**".into(), history_size: None, history_ttl: None, cors: Some(cors(&["*"], false)) }];
     })
     .await;
     let resp = preflight(&server, "/sse/public/feed", "https://b.example", "GET", None).await;

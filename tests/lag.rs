@@ -33,16 +33,11 @@ async fn run(policy: LagPolicy) -> (Vec<Item>, TestServer) {
     assert!(stats["totals"]["history_bytes"].as_u64().unwrap() < 3 * 1024 * 1024, "history stays bounded: {stats}");
     // Now the stuck subscriber reads again.
     let mut items = Vec::new();
-    loop {
-        match stuck.next_item_within(Duration::from_secs(2)).await {
-            Ok(Some(item)) => {
-                let last = matches!(&item, Item::Event(e) if e.data.starts_with(&format!("{:0>8}", EVENTS - 1)));
-                items.push(item);
-                if last {
-                    break;
-                }
-            }
-            Ok(None) | Err(()) => break,
+    while let Ok(Some(item)) = stuck.next_item_within(Duration::from_secs(2)).await {
+        let last = matches!(&item, Item::Event(e) if e.data.starts_with(&format!("{:0>8}", EVENTS - 1)));
+        items.push(item);
+        if last {
+            break;
         }
     }
     (items, server)

@@ -23,10 +23,7 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (
-        prop::collection::vec(1u8..8, 40..160),
-        prop::collection::vec((1u8..8, prop::collection::vec(1usize..25, 1..8)), 1..5),
-    )
+    (prop::collection::vec(1u8..8, 40..160), prop::collection::vec((1u8..8, prop::collection::vec(1usize..25, 1..8)), 1..5))
         .prop_map(|(events, subscribers)| Scenario { events, subscribers })
 }
 
@@ -36,7 +33,12 @@ fn channels_of(mask: u8) -> Vec<&'static str> {
 
 /// Reads until it has `want` events, dropping the connection after each chunk of reads and
 /// reconnecting with the last id seen (or `replay=all` before it saw any).
-async fn subscriber(server: Arc<TestServer>, mask: u8, chunks: Vec<usize>, want: tokio::sync::watch::Receiver<Option<HashMap<u8, usize>>>) -> Vec<String> {
+async fn subscriber(
+    server: Arc<TestServer>,
+    mask: u8,
+    chunks: Vec<usize>,
+    want: tokio::sync::watch::Receiver<Option<HashMap<u8, usize>>>,
+) -> Vec<String> {
     let query: Vec<String> = channels_of(mask).iter().map(|c| format!("channel={c}")).collect();
     let base = server.url(&format!("/sse?{}", query.join("&")));
     let mut got: Vec<String> = Vec::new();
@@ -83,7 +85,8 @@ fn run(s: Scenario) {
             .map(|(mask, chunks)| tokio::spawn(subscriber(server.clone(), *mask, chunks.clone(), want.clone())))
             .collect();
         // Two publishers share the events; publish order is the order of the ids they get.
-        let halves: Vec<Vec<(usize, u8)>> = (0..2).map(|p| s.events.iter().copied().enumerate().filter(|(i, _)| i % 2 == p).collect()).collect();
+        let halves: Vec<Vec<(usize, u8)>> =
+            (0..2).map(|p| s.events.iter().copied().enumerate().filter(|(i, _)| i % 2 == p).collect()).collect();
         let published = join_all(halves.into_iter().map(|events| {
             let server = server.clone();
             async move {

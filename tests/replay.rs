@@ -147,7 +147,12 @@ async fn an_event_for_several_channels_arrives_once() {
     let server = TestServer::start().await;
     let mut both = Sse::open(&server.url("/sse?channel=a&channel=b")).await;
     let mut only_b = Sse::open(&server.url("/sse/b")).await;
-    let resp = support::http().post(server.url("/publish")).json(&json!([{ "channels": ["a", "b"], "data": "shared" }, { "channel": "a", "data": "next" }])).send().await.unwrap();
+    let resp = support::http()
+        .post(server.url("/publish"))
+        .json(&json!([{ "channels": ["a", "b"], "data": "shared" }, { "channel": "a", "data": "next" }]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(both.data(2).await, ["shared", "next"]);
     assert_eq!(only_b.data(1).await, ["shared"]);

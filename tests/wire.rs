@@ -126,7 +126,13 @@ async fn data_lines_cannot_forge_fields() {
 async fn text_plain_publishing() {
     let server = TestServer::start().await;
     let mut sse = Sse::open(&server.url("/sse/t")).await;
-    let resp = http().post(server.url("/sse/t?event=note&id=n1")).header("content-type", "text/plain; charset=utf-8").body("line1\nline2").send().await.unwrap();
+    let resp = http()
+        .post(server.url("/sse/t?event=note&id=n1"))
+        .header("content-type", "text/plain; charset=utf-8")
+        .body("line1\nline2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), json!({ "ids": ["n1"] }));
     let ev = sse.next_event().await;

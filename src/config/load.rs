@@ -52,12 +52,8 @@ pub fn load(overrides: &Overrides, env: impl IntoIterator<Item = (String, String
     }
 
     let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| !NOT_KEYS.contains(&k.as_str())).collect();
-    let mut environment = Environment::with_prefix("HERALD")
-        .prefix_separator("_")
-        .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .source(Some(vars));
+    let mut environment =
+        Environment::with_prefix("HERALD").prefix_separator("_").separator("__").try_parsing(true).list_separator(",").source(Some(vars));
     for key in LIST_KEYS {
         environment = environment.with_list_parse_key(key);
     }

@@ -253,7 +253,10 @@ impl CorsConfig {
         }
         for m in &self.allowed_methods {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
-                return Err(ConfigError::Invalid { key: format!("{key}.allowed_methods"), message: format!("`{m}` is not an HTTP method") });
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.allowed_methods"),
+                    message: format!("`{m}` is not an HTTP method"),
+                });
             }
         }
         for h in &self.allowed_headers {

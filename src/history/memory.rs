@@ -21,7 +21,12 @@ impl HistoryStore for MemoryStore {
         Box::pin(future::ready(Ok(())))
     }
 
-    fn read_after<'a>(&'a self, _channel: &'a str, _after: u64, _limit: usize) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>> {
+    fn read_after<'a>(
+        &'a self,
+        _channel: &'a str,
+        _after: u64,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>> {
         Box::pin(future::ready(Ok(None)))
     }
 }

@@ -9,7 +9,7 @@
 pub mod log;
 pub mod memory;
 
-pub use log::{ChannelLog, Missed, ReadStep, Retention, Resume};
+pub use log::{ChannelLog, Missed, ReadStep, Resume, Retention};
 pub use memory::{MemoryBudget, MemoryStore};
 
 use crate::event::Event;

@@ -108,7 +108,12 @@ pub async fn to_path(
 }
 
 /// `POST /publish`.
-pub async fn to_body(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Result<Json<Published>, ApiError> {
+pub async fn to_body(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Published>, ApiError> {
     let format = format_of(&headers)?;
     let bytes = read_body(&state.hub, &headers, body).await?;
     let drafts = match format {
@@ -185,7 +190,9 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8]) -> Result<(Draft, Vec<Strin
         match &*key {
             "event" => draft.event = Some(value.into_owned()),
             "id" => draft.id = Some(value.into_owned()),
-            "retry" => draft.retry = Some(value.parse().map_err(|_| ApiError::bad_request(format!("retry must be milliseconds, not `{value}`")))?),
+            "retry" => {
+                draft.retry = Some(value.parse().map_err(|_| ApiError::bad_request(format!("retry must be milliseconds, not `{value}`")))?)
+            }
             "channel" => channels.push(value.into_owned()),
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (event, id, retry, channel)"))),
         }

@@ -39,7 +39,12 @@ fn parse_query(raw: Option<&str>) -> Result<SubscribeQuery, ApiError> {
     Ok(q)
 }
 
-pub async fn by_path(State(state): State<AppState>, Path(channel): Path<String>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn by_path(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let mut q = parse_query(raw.as_deref())?;
     q.channels = vec![channel];
     open(&state, q, &headers)
@@ -56,7 +61,10 @@ pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, he
 fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
     let limit = state.hub.config().max_channels_per_connection;
     if q.channels.len() > limit {
-        return Err(ApiError::bad_request(format!("{} channels named, at most {limit} per connection (max_channels_per_connection)", q.channels.len())));
+        return Err(ApiError::bad_request(format!(
+            "{} channels named, at most {limit} per connection (max_channels_per_connection)",
+            q.channels.len()
+        )));
     }
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {

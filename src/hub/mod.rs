@@ -174,12 +174,8 @@ impl Hub {
             self.enforce_budget();
         }
         for ch in &woken {
-            let mine: Vec<Arc<Event>> = targets
-                .iter()
-                .zip(&events)
-                .filter(|(chs, _)| chs.iter().any(|c| Arc::ptr_eq(c, ch)))
-                .map(|(_, ev)| ev.clone())
-                .collect();
+            let mine: Vec<Arc<Event>> =
+                targets.iter().zip(&events).filter(|(chs, _)| chs.iter().any(|c| Arc::ptr_eq(c, ch))).map(|(_, ev)| ev.clone()).collect();
             self.store.append(&ch.name, &mine).await?;
         }
         Ok(events)
@@ -225,11 +221,8 @@ impl Hub {
     fn enforce_budget(&self) {
         let Some(_one_at_a_time) = self.evicting.try_lock() else { return };
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
-        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> = channels
-            .iter()
-            .enumerate()
-            .filter_map(|(i, ch)| ch.log.front_pos().map(|p| std::cmp::Reverse((p, i))))
-            .collect();
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+            channels.iter().enumerate().filter_map(|(i, ch)| ch.log.front_pos().map(|p| std::cmp::Reverse((p, i)))).collect();
         let target = self.budget.low_water();
         while self.budget.used() > target {
             let Some(std::cmp::Reverse((_, i))) = heap.pop() else { break };
@@ -241,7 +234,12 @@ impl Hub {
     }
 
     /// Opens a subscription to `names`, resuming after `last_event_id` when given.
-    pub fn subscribe(self: &Arc<Self>, names: &[String], last_event_id: Option<&str>, replay_all: bool) -> Result<Subscription, ChannelError> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        names: &[String],
+        last_event_id: Option<&str>,
+        replay_all: bool,
+    ) -> Result<Subscription, ChannelError> {
         let waker = Arc::new(AtomicWaker::new());
         let mut channels: Vec<(Arc<Channel>, usize)> = Vec::with_capacity(names.len());
         let registered = (|| {

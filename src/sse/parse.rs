@@ -138,11 +138,7 @@ impl Parser {
         }
         self.data.pop(); // the data buffer always ends in the LF added after its last line
         let event = if self.event.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event) };
-        out.push(Item::Event(MessageEvent {
-            event,
-            data: std::mem::take(&mut self.data),
-            last_event_id: self.last_event_id.clone(),
-        }));
+        out.push(Item::Event(MessageEvent { event, data: std::mem::take(&mut self.data), last_event_id: self.last_event_id.clone() }));
     }
 }
 
@@ -171,7 +167,12 @@ mod tests {
         let items = parse_all(&[b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"]);
         assert_eq!(
             items,
-            vec![Item::Comment("test stream".into()), ev("message", "first event", "1"), ev("message", "second event", ""), ev("message", " third event", "")]
+            vec![
+                Item::Comment("test stream".into()),
+                ev("message", "first event", "1"),
+                ev("message", "second event", ""),
+                ev("message", " third event", "")
+            ]
         );
         let items = parse_all(&[b"data\n\ndata\ndata\n\ndata:"]);
         assert_eq!(items, vec![ev("message", "", ""), ev("message", "\n", "")]);
