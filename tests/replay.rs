@@ -185,3 +185,29 @@ async fn replayed_then_live_without_seam_while_publishing() {
     publisher.await.unwrap();
     sse.expect_no_event(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn global_memory_cap_evicts_the_oldest_events_hub_wide() {
+    let server = TestServer::with(|c| c.history.max_memory = herald::config::ByteSize::kib(64)).await;
+    let payload = "x".repeat(1000);
+    // The old channel's events come first, so they are the first to go.
+    let old_ids: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            v.push(server.publish_data("old", &payload).await);
+        }
+        v
+    };
+    for i in 0..100 {
+        server.publish_data(&format!("new/{}", i % 5), &payload).await;
+    }
+    let stats = server.stats().await;
+    let bytes = stats["totals"]["history_bytes"].as_u64().unwrap();
+    assert!(bytes <= 64 * 1024, "history within the cap: {bytes}");
+    assert!(bytes >= 48 * 1024, "eviction stops near the low-water mark: {bytes}");
+    assert!(stats["channels"]["old"]["history_len"].as_u64().unwrap_or(0) == 0, "{stats}");
+    assert!(stats["channels"]["new/4"]["history_len"].as_u64().unwrap() > 0);
+    // A client resuming in the old channel is told events were lost.
+    let mut sse = Sse::open_with(&server.url("/sse/old"), &[("Last-Event-ID", &old_ids[3])]).await;
+    assert_eq!(sse.next_event().await.event, "missed");
+}

@@ -78,6 +78,41 @@ async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<bytes::
     }
 }
 
+/// Where the channels of a request's events come from.
+enum Target {
+    /// `POST /sse/{channel}`: the URL.
+    Path(String),
+    /// `POST /publish`: each JSON event's `channel`/`channels`, or `?channel=` for text.
+    Body,
+}
+
+impl Target {
+    fn json_channels(&self, i: usize, input: EventInput) -> Result<Vec<String>, ApiError> {
+        match self {
+            Target::Path(channel) => {
+                if input.channel.is_some() || input.channels.is_some() {
+                    return Err(at(i, "the channel comes from the URL here; name channels in the body with POST /publish".into()));
+                }
+                Ok(vec![channel.clone()])
+            }
+            Target::Body => match (input.channel, input.channels, input.path) {
+                (Some(c), None, _) | (None, None, Some(c)) => Ok(vec![c]),
+                (None, Some(cs), _) if !cs.is_empty() => Ok(cs),
+                (Some(_), Some(_), _) => Err(at(i, "name either `channel` or `channels`, not both".into())),
+                _ => Err(at(i, "name the event's `channel` (or `channels`)".into())),
+            },
+        }
+    }
+
+    fn text_channels(&self, from_query: Vec<String>) -> Result<Vec<String>, ApiError> {
+        match self {
+            Target::Path(channel) => Ok(vec![channel.clone()]),
+            Target::Body if from_query.is_empty() => Err(ApiError::bad_request("name the channel with ?channel= (repeat it for several)")),
+            Target::Body => Ok(from_query),
+        }
+    }
+}
+
 /// `POST /sse/{channel}`.
 pub async fn to_path(
     State(state): State<AppState>,
@@ -86,25 +121,7 @@ pub async fn to_path(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, ApiError> {
-    let format = format_of(&headers)?;
-    let bytes = read_body(&state.hub, &headers, body).await?;
-    let drafts = match format {
-        Format::Json => parse_json(&state.hub, &bytes)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, (input, draft))| {
-                if input.channel.is_some() || input.channels.is_some() {
-                    return Err(at(i, "the channel comes from the URL here; name channels in the body with POST /publish".into()));
-                }
-                Ok((vec![channel.clone()], draft))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Format::Text => {
-            let (draft, _) = parse_text(raw.as_deref(), &bytes)?;
-            vec![(vec![channel], draft)]
-        }
-    };
-    publish(&state.hub, drafts).await
+    handle(&state.hub, Target::Path(channel), raw.as_deref(), &headers, body).await
 }
 
 /// `POST /publish`.
@@ -114,31 +131,24 @@ pub async fn to_body(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, ApiError> {
-    let format = format_of(&headers)?;
-    let bytes = read_body(&state.hub, &headers, body).await?;
+    handle(&state.hub, Target::Body, raw.as_deref(), &headers, body).await
+}
+
+async fn handle(hub: &Hub, target: Target, raw: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Json<Published>, ApiError> {
+    let format = format_of(headers)?;
+    let bytes = read_body(hub, headers, body).await?;
     let drafts = match format {
-        Format::Json => parse_json(&state.hub, &bytes)?
+        Format::Json => parse_json(hub, &bytes)?
             .into_iter()
             .enumerate()
-            .map(|(i, (input, draft))| {
-                let channels = match (input.channel, input.channels, input.path) {
-                    (Some(c), None, _) | (None, None, Some(c)) => vec![c],
-                    (None, Some(cs), _) if !cs.is_empty() => cs,
-                    (Some(_), Some(_), _) => return Err(at(i, "name either `channel` or `channels`, not both".into())),
-                    _ => return Err(at(i, "name the event's `channel` (or `channels`)".into())),
-                };
-                Ok((channels, draft))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+            .map(|(i, (input, draft))| Ok((target.json_channels(i, input)?, draft)))
+            .collect::<Result<Vec<_>, ApiError>>()?,
         Format::Text => {
-            let (draft, channels) = parse_text(raw.as_deref(), &bytes)?;
-            if channels.is_empty() {
-                return Err(ApiError::bad_request("name the channel with ?channel= (repeat it for several)"));
-            }
-            vec![(channels, draft)]
+            let (draft, channels) = parse_text(raw, &bytes)?;
+            vec![(target.text_channels(channels)?, draft)]
         }
     };
-    publish(&state.hub, drafts).await
+    publish(hub, drafts).await
 }
 
 fn at(index: usize, message: String) -> ApiError {
