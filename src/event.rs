@@ -3,6 +3,7 @@
 use crate::sse::encode::{self, EncodeError, FrameBuilder};
 use bytes::Bytes;
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// An event as a publisher describes it, before it has a position.
@@ -49,6 +50,8 @@ pub struct Event {
     pub pos: u64,
     /// The publisher's id, when it gave one (then it is the id on the wire instead of `pos`).
     pub custom_id: Option<Box<str>>,
+    /// The channels it was published to.
+    pub channels: Box<[Arc<str>]>,
     /// The complete wire block, blank line included.
     pub frame: Bytes,
     pub published_at: Instant,

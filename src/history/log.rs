@@ -250,7 +250,13 @@ mod tests {
     use bytes::Bytes;
 
     fn ev(pos: u64) -> Arc<Event> {
-        Arc::new(Event { pos, custom_id: None, frame: Bytes::from(format!("data: {pos}\n\n")), published_at: Instant::now() })
+        Arc::new(Event {
+            pos,
+            custom_id: None,
+            channels: Box::new([]),
+            frame: Bytes::from(format!("data: {pos}\n\n")),
+            published_at: Instant::now(),
+        })
     }
 
     #[test]

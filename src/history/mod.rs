@@ -21,9 +21,9 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Name shown in stats and logs.
     fn kind(&self) -> &'static str;
 
-    /// Records accepted events of `channel`, oldest first. The publisher is answered only after
-    /// this returns, so a durable store returns once the events are durable.
-    fn append<'a>(&'a self, channel: &'a str, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records accepted events (each names its channels), oldest first. The publisher is
+    /// answered only after this completes, so a durable store completes once they are durable.
+    fn append<'a>(&'a self, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Events of `channel` after position `after` that are older than the window, oldest first,
     /// at most `limit`. `None` means the store keeps nothing beyond the window.

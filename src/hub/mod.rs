@@ -173,11 +173,7 @@ impl Hub {
         if self.budget.over() {
             self.enforce_budget();
         }
-        for ch in &woken {
-            let mine: Vec<Arc<Event>> =
-                targets.iter().zip(&events).filter(|(chs, _)| chs.iter().any(|c| Arc::ptr_eq(c, ch))).map(|(_, ev)| ev.clone()).collect();
-            self.store.append(&ch.name, &mine).await?;
-        }
+        self.store.append(&events).await?;
         Ok(events)
     }
 
@@ -200,7 +196,13 @@ impl Hub {
                 Some(id) => item.frame.finish_with_id(id),
                 None => item.frame.finish_with_seq(pos),
             };
-            let ev = Arc::new(Event { pos, custom_id: item.custom_id.map(String::into_boxed_str), frame, published_at: now });
+            let ev = Arc::new(Event {
+                pos,
+                custom_id: item.custom_id.map(String::into_boxed_str),
+                channels: item.channels.iter().map(|c| c.name.clone()).collect(),
+                frame,
+                published_at: now,
+            });
             for ch in &item.channels {
                 self.budget.add(ev.frame.len());
                 freed += ch.log.push(ev.clone());
