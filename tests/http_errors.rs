@@ -236,7 +236,7 @@ async fn cors_per_channel() {
 
 #[tokio::test]
 async fn stats_and_health() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| c.keepalive_interval = Duration::ZERO).await;
     let _sse = Sse::open(&server.url("/sse/s")).await;
     server.publish_data("s", "hello").await;
     let stats = server.stats().await;
@@ -248,6 +248,10 @@ async fn stats_and_health() {
     assert!(stats["uptime_seconds"].is_u64());
     let health: serde_json::Value = http().get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
+    // A client that goes away, even from an idle stream, stops being counted.
+    drop(_sse);
+    support::eventually(async || server.stats().await["totals"]["subscriptions"] == 0).await;
+    assert_eq!(server.stats().await["channels"]["s"]["subscribers"], 0);
 }
 
 #[tokio::test]
