@@ -45,6 +45,9 @@ struct ServerFlags {
     /// Events kept per channel.
     #[arg(long)]
     history_size: Option<usize>,
+    /// Runtime worker threads (0: one per CPU core).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 impl ServerFlags {
@@ -61,6 +64,9 @@ impl ServerFlags {
         }
         if let Some(v) = self.history_size {
             flags.push(("history.size", v.to_string()));
+        }
+        if let Some(v) = self.workers {
+            flags.push(("workers", v.to_string()));
         }
         Overrides { config_path: self.config.clone(), flags }
     }
@@ -118,7 +124,11 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(flags) => {
             let config = config::load(&flags.overrides(), std::env::vars())?;
             herald::telemetry::init(&config)?;
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if config.workers > 0 {
+                runtime.worker_threads(config.workers);
+            }
+            runtime.enable_all().build()?.block_on(serve(config))
         }
         Command::Config(flags) => {
             let config = config::load(&flags.overrides(), std::env::vars())?;

@@ -22,6 +22,8 @@ use std::time::Duration;
 pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// Runtime worker threads; 0 means one per CPU core.
+    pub workers: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `tracing` directive list).
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
@@ -140,6 +142,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             keepalive_interval: Duration::from_secs(30),
@@ -196,6 +199,9 @@ impl Config {
     /// Checks what serde's types cannot. Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
+        if self.workers > 1024 {
+            return bad("workers", "must be at most 1024 (0 means one per CPU core)".into());
+        }
         if self.max_channels == 0 {
             return bad("max_channels", "must be at least 1".into());
         }
