@@ -146,6 +146,26 @@ impl Served {
         Served { child, url: format!("http://{addr}") }
     }
 
+    /// Open subscriptions, from `/stats` (plain HTTP/1.0 over a std socket: no runtime needed).
+    fn subscriptions(&self) -> u64 {
+        use std::io::Write;
+        let mut conn = std::net::TcpStream::connect(self.url.trim_start_matches("http://")).unwrap();
+        conn.write_all(b"GET /stats HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["totals"]["subscriptions"].as_u64().unwrap()
+    }
+
+    /// Waits until `n` subscriptions are open.
+    fn wait_for_subscriptions(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.subscriptions() != n {
+            assert!(Instant::now() < deadline, "{n} subscriptions did not open");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn client(&self, dir: &std::path::Path) -> Command {
         let mut cmd = herald(dir);
         cmd.env("HERALD_URL", &self.url);
@@ -177,8 +197,7 @@ fn publish_and_subscribe_from_the_command_line() {
     let server = Served::start(dir.path());
     let mut sub =
         server.client(dir.path()).args(["subscribe", "cli/demo", "--json", "--count", "3"]).stdout(Stdio::piped()).spawn().unwrap();
-    // Publish until the subscriber is connected and has seen them (it starts live).
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_subscriptions(1);
     let (ok, id1, err) = run(server.client(dir.path()).args(["publish", "cli/demo", "hello", "--event", "greet"]));
     assert!(ok, "{err}");
     let mut publish_stdin = server
@@ -217,7 +236,7 @@ fn sigterm_ends_streams_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Served::start(dir.path());
     let mut sub = server.client(dir.path()).args(["subscribe", "s", "--no-reconnect"]).stdout(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_subscriptions(1);
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = wait_with_timeout(&mut server.child, Duration::from_secs(10));
