@@ -1,8 +1,11 @@
 //! The HTTP face of the hub: routes, CORS, and the server that runs them.
 
+mod conn;
 pub mod cors;
 mod error;
+mod event_stream;
 mod publish;
+mod rewind;
 pub mod server;
 mod stats;
 mod subscribe;

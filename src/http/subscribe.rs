@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::event_stream::Handoff;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
@@ -77,7 +78,11 @@ fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Resp
     // An empty Last-Event-ID is what a client sends when it never saw an id.
     let last_event_id = last_event_id.filter(|id| !id.is_empty());
     let subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
-    let mut resp = Response::new(Body::new(subscription));
+    // Whoever serves the connection takes the subscription: the socket path from the extension,
+    // hyper by polling the body.
+    let handoff = Handoff::new(subscription);
+    let mut resp = Response::new(Body::new(handoff.clone().into_body()));
+    resp.extensions_mut().insert(handoff);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));

@@ -190,47 +190,55 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// The next bytes to send: the preamble, a batch of frames, a lag notice or a keep-alive.
+    /// `None` once the stream is over (the hub is closing, or the lag policy ended it).
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(head));
+        }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        // Register before reading: an event published after the read wakes us.
+        self.waker.register(cx.waker());
+        if self.hub.is_closing() {
+            self.finished = true;
+            return Poll::Ready(None);
+        }
+        if !self.ending {
+            self.fill();
+        }
+        if !self.buf.is_empty() {
+            self.wrote_since_tick = true;
+            self.finished = self.ending;
+            return Poll::Ready(Some(self.buf.split().freeze()));
+        }
+        if self.ending {
+            self.finished = true;
+            return Poll::Ready(None);
+        }
+        if let Some((sleep, every)) = &mut self.keepalive {
+            while sleep.as_mut().poll(cx).is_ready() {
+                sleep.as_mut().reset(Instant::now() + *every);
+                // Only an idle stream needs a keep-alive.
+                if !std::mem::take(&mut self.wrote_since_tick) {
+                    let bytes = if self.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT };
+                    return Poll::Ready(Some(Bytes::from_static(bytes)));
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// As a response body, for connections hyper serves (HTTP/2).
 impl Body for Subscription {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if let Some(head) = this.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(head))));
-        }
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        // Register before reading: an event published after the read wakes us.
-        this.waker.register(cx.waker());
-        if this.hub.is_closing() {
-            this.finished = true;
-            return Poll::Ready(None);
-        }
-        if !this.ending {
-            this.fill();
-        }
-        if !this.buf.is_empty() {
-            this.wrote_since_tick = true;
-            this.finished = this.ending;
-            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
-        }
-        if this.ending {
-            this.finished = true;
-            return Poll::Ready(None);
-        }
-        if let Some((sleep, every)) = &mut this.keepalive {
-            while sleep.as_mut().poll(cx).is_ready() {
-                sleep.as_mut().reset(Instant::now() + *every);
-                // Only an idle stream needs a keep-alive.
-                if !std::mem::take(&mut this.wrote_since_tick) {
-                    let bytes = if this.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT };
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes)))));
-                }
-            }
-        }
-        Poll::Pending
+        self.get_mut().poll_chunk(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
