@@ -1,5 +1,5 @@
 //! The `herald` command: the hub (`serve`), its effective configuration (`config`), and a
-//! client (`publish`, `subscribe`).
+//! client (`publish`, `subscribe`), and a load generator (`bench`).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +26,8 @@ enum Command {
     Publish(PublishArgs),
     /// Subscribe to channels and print events as they arrive.
     Subscribe(SubscribeArgs),
+    /// Load generator: measure this hub (or another) with idle or fan-out workloads.
+    Bench(herald::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -137,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Publish(args) => runtime()?.block_on(publish(args)),
         Command::Subscribe(args) => runtime()?.block_on(subscribe(args)),
+        Command::Bench(args) => herald::bench::run(args),
     }
 }
 

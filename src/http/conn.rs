@@ -36,7 +36,7 @@ pub struct Shared {
 /// What the first request head turned out to be.
 enum Head {
     /// A complete `GET` under `/sse` over HTTP/1, `len` bytes long.
-    Subscribe { request: http::Request<axum::body::Body>, len: usize, keep_alive: bool },
+    Subscribe { request: Box<http::Request<axum::body::Body>>, len: usize, keep_alive: bool },
     /// Not complete yet.
     Partial,
     /// Anything else: hyper's to serve.
@@ -54,7 +54,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
     match head {
         Head::Subscribe { mut request, len, keep_alive } => {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            let response = match shared.app.clone().oneshot(request).await {
+            let response = match shared.app.clone().oneshot(*request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
@@ -150,7 +150,7 @@ fn parse_head(buf: &[u8]) -> Head {
         builder = builder.header(field.name, field.value);
     }
     match builder.body(axum::body::Body::empty()) {
-        Ok(request) => Head::Subscribe { request, len, keep_alive },
+        Ok(request) => Head::Subscribe { request: Box::new(request), len, keep_alive },
         // A header or path that `http` refuses: let hyper answer it.
         Err(_) => Head::Other,
     }

@@ -120,7 +120,7 @@ pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, mut sub: Subscription) 
             if peer_closed(stream, cx) {
                 return Poll::Ready(None);
             }
-            sub.poll_chunk(cx).map(|chunk| Some(chunk))
+            sub.poll_chunk(cx).map(Some)
         })
         .await;
         match next {
