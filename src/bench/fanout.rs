@@ -439,7 +439,7 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut Vec<u8>
             // Whatever follows belongs to no request of ours: drop it with the body.
             let body_end = n;
             response.truncate(body_end);
-            Ok((head.status, true))
+            Ok((head.status, !head.close))
         }
         Framing::Chunked => {
             let mut dechunker = Dechunker::default();
@@ -457,7 +457,7 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut Vec<u8>
                 }
             }
             *response = body;
-            Ok((head.status, true))
+            Ok((head.status, !head.close))
         }
         Framing::UntilClose => {
             stream.read_to_end(response).await?;

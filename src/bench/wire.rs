@@ -28,6 +28,8 @@ pub enum Framing {
 pub struct ResponseHead {
     pub status: u16,
     pub framing: Framing,
+    /// The server said `Connection: close`.
+    pub close: bool,
 }
 
 /// Reads a response head into `buf` (which may already hold bytes), removing it from `buf`;
@@ -56,7 +58,11 @@ fn parse_response_head(buf: &[u8]) -> anyhow::Result<Option<(usize, ResponseHead
         httparse::Status::Partial => return Ok(None),
     };
     let mut framing = Framing::UntilClose;
+    let mut close = false;
     for f in resp.headers.iter() {
+        if f.name.eq_ignore_ascii_case("connection") && f.value.eq_ignore_ascii_case(b"close") {
+            close = true;
+        }
         if f.name.eq_ignore_ascii_case("transfer-encoding") && f.value.eq_ignore_ascii_case(b"chunked") {
             framing = Framing::Chunked;
         } else if f.name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
@@ -64,7 +70,7 @@ fn parse_response_head(buf: &[u8]) -> anyhow::Result<Option<(usize, ResponseHead
             framing = Framing::Length(n);
         }
     }
-    Ok(Some((len, ResponseHead { status: resp.code.unwrap_or(0), framing })))
+    Ok(Some((len, ResponseHead { status: resp.code.unwrap_or(0), framing, close })))
 }
 
 /// Removes chunked transfer framing, incrementally.
@@ -226,7 +232,9 @@ mod tests {
         let (len, head) = parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nrest").unwrap().unwrap();
         assert_eq!((len, head.status, head.framing), (47, 200, Framing::Chunked));
         let (_, head) = parse_response_head(b"HTTP/1.1 202 Accepted\r\ncontent-length: 12\r\n\r\n").unwrap().unwrap();
-        assert_eq!(head.framing, Framing::Length(12));
+        assert_eq!((head.framing, head.close), (Framing::Length(12), false));
+        let (_, head) = parse_response_head(b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 1\r\n\r\n").unwrap().unwrap();
+        assert!(head.close);
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
         assert!(parse_response_head(b"NOPE\r\n\r\n").is_err());
     }

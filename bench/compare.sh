@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Herald and Nchan side by side: the same workloads from `herald bench`, against both servers,
+# in one run, each server pinned to one core and the load to the other. Writes
+# docs/benchmarks.md and docs/benchmarks-fanout.svg.
+#
+#   bash bench/compare.sh            # full run, about 6 minutes
+#   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
+#
+# Needs root (or sudo) once, to install nginx and Nchan from Debian's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+HERALD_PORT=${HERALD_PORT:-18400}
+NCHAN_PORT=${NCHAN_PORT:-18401}
+QUICK=${QUICK:-0}
+OUT_DIR=${OUT_DIR:-docs}
+if [ "$QUICK" = 1 ]; then
+    DURATION=2s; IDLE=2000; RATES="50 max"; BIG=2000
+else
+    DURATION=10s; IDLE=19000; RATES="20 50 100 200 500 max"; BIG=10000
+fi
+
+# --- servers ------------------------------------------------------------------------------
+if [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+    echo "== installing nginx and Nchan (Debian packages nginx-light, libnginx-mod-nchan)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light libnginx-mod-nchan >/dev/null
+    # The package starts a default site on port 80; this script runs its own nginx.
+    $SUDO systemctl stop nginx 2>/dev/null || $SUDO pkill -x nginx || true
+fi
+
+echo "== building herald (release)"
+cargo build --release --quiet
+HERALD="${CARGO_TARGET_DIR:-target}/release/herald"
+
+WORK=$(mktemp -d)
+RESULTS="$WORK/results"
+mkdir -p "$RESULTS"
+SERVER_PIDS=""
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_herald() {
+    # The memory store, as Nchan keeps its messages in memory; one worker thread.
+    HERALD_HISTORY__STORE=memory taskset -c "$SERVER_CPU" "$HERALD" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
+        --log-level warn 2>"$WORK/herald.log" &
+    SERVER_PIDS=$!
+    URLS=(--sub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --pub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --body json)
+    wait_for_port "$HERALD_PORT"
+}
+
+start_nchan() {
+    mkdir -p "$WORK/nchan"
+    sed "s#@PORT@#$NCHAN_PORT#; s#@DIR@#$WORK/nchan#g" bench/nchan.conf >"$WORK/nchan/nginx.conf"
+    taskset -c "$SERVER_CPU" nginx -p "$WORK/nchan" -c "$WORK/nchan/nginx.conf" -e "$WORK/nchan/error.log" &
+    wait_for_port "$NCHAN_PORT"
+    local master
+    master=$(cat "$WORK/nchan/nginx.pid")
+    SERVER_PIDS="$master,$(pgrep -P "$master" | paste -sd,)"
+    URLS=(--sub-url "http://127.0.0.1:$NCHAN_PORT/sub/{channel}" --pub-url "http://127.0.0.1:$NCHAN_PORT/pub/{channel}" --body raw)
+}
+
+stop_server() {
+    if [ -n "$SERVER_PIDS" ]; then
+        kill "${SERVER_PIDS%%,*}" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "${SERVER_PIDS%%,*}" 2>/dev/null || break; sleep 0.1; done
+        SERVER_PIDS=""
+    fi
+}
+
+wait_for_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "server on port $1 did not start" >&2
+    exit 1
+}
+
+# run_bench <server> <workload name> <bench args...>: one run, its JSON line kept with its command.
+run_bench() {
+    local server=$1 name=$2
+    shift 2
+    local cmd=(taskset -c "$LOAD_CPU" "$HERALD" bench "$@" "${URLS[@]}" --server-pid "$SERVER_PIDS")
+    echo "-- $server $name: ${cmd[*]}"
+    "${cmd[@]}" | tee "$WORK/last.txt" | sed -n '1,/^{/p' | grep -v '^{' || true
+    local json
+    json=$(tail -n 1 "$WORK/last.txt")
+    printf '{"server":"%s","workload":"%s","command":"%s","report":%s}\n' "$server" "$name" "${cmd[*]}" "$json" >>"$RESULTS/all.jsonl"
+}
+
+for server in herald nchan; do
+    echo "== $server"
+    # Idle first, on a fresh server, so that its baseline memory is the server's own.
+    "start_$server"
+    run_bench "$server" idle idle --connections "$IDLE" --hold 3s
+    stop_server
+
+    "start_$server"
+    for rate in $RATES; do
+        r=$rate; [ "$rate" = max ] && r=0
+        run_bench "$server" "1x1000@$rate" fanout --subscribers 1000 --channels 1 --rate "$r" --duration "$DURATION"
+    done
+    run_bench "$server" "1000x10@max16" fanout --subscribers 10000 --channels 1000 --publishers 16 --duration "$DURATION"
+    run_bench "$server" "1x$BIG@50" fanout --subscribers "$BIG" --channels 1 --rate 50 --duration "$DURATION"
+    stop_server
+done
+
+echo "== writing $OUT_DIR/benchmarks.md"
+python3 bench/report.py "$RESULTS/all.jsonl" "$OUT_DIR" \
+    --herald-version "$("$HERALD" --version) ($(git rev-parse --short HEAD))" \
+    --nchan-version "$(dpkg-query -W -f='${Version}' libnginx-mod-nchan) on $(nginx -v 2>&1 | sed 's/.*: //')" \
+    --quick "$QUICK"

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of `bench/compare.sh` into docs/benchmarks.md and an SVG plot.
+
+Standard library only, so the comparison runs on a bare machine."""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+
+SERVERS = ["herald", "nchan"]
+COLORS = {"herald": "#d9480f", "nchan": "#1c7ed6"}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} × {model}, {mem}, Linux {platform.release()}"
+
+
+def fmt_int(x):
+    return f"{x:,.0f}"
+
+
+def fmt_ms(x):
+    return f"{x:.2f}"
+
+
+def load(path):
+    runs = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                run = json.loads(line)
+                runs[(run["server"], run["workload"])] = run
+    return runs
+
+
+def fanout_row(server, run):
+    r = run["report"]
+    rate = "max" if r["rate"] == 0 else f"{r['rate']:g}/s"
+    per_cpu = r.get("delivered_per_server_cpu_second")
+    cpu = r.get("server_cpu") or {}
+    return (
+        f"| {server} | {rate} | {fmt_int(r['published_per_second'])} | {fmt_int(r['delivered_per_second'])} "
+        f"| {fmt_ms(r['latency_ms']['p50'])} | {fmt_ms(r['latency_ms']['p99'])} | {fmt_ms(r['latency_ms']['p999'])} "
+        f"| {fmt_ms(r['latency_ms']['max'])} | {r['lost']} / {r['duplicated']} / {r['reordered']} "
+        f"| {cpu.get('user_s', 0):.2f} + {cpu.get('system_s', 0):.2f} | {fmt_int(per_cpu) if per_cpu else '–'} |"
+    )
+
+
+FANOUT_HEAD = (
+    "| server | publish rate | published/s | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms "
+    "| lost / dup / reordered | server CPU s (user + sys) | delivered per server CPU-s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def ratio(runs, workload):
+    h, n = runs.get(("herald", workload)), runs.get(("nchan", workload))
+    if not h or not n:
+        return None
+    a, b = h["report"].get("delivered_per_server_cpu_second"), n["report"].get("delivered_per_server_cpu_second")
+    return a / b if a and b else None
+
+
+def svg_plot(runs, rates, path):
+    """Two panels over the same x axis (publish rate): delivered events/s, and p99 latency."""
+    width, height, pad_l, pad_r, pad_t, pad_b, gap = 760, 330, 70, 20, 40, 50, 80
+    panel_w = (width - pad_l - pad_r - gap) / 2
+    panel_h = height - pad_t - pad_b
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    panels = [
+        ("delivered events/s", lambda r: r["delivered_per_second"], False),
+        ("p99 publish-to-receive latency (ms, log)", lambda r: max(r["latency_ms"]["p99"], 0.01), True),
+    ]
+    import math
+
+    for pi, (title, value, log) in enumerate(panels):
+        x0 = pad_l + pi * (panel_w + gap)
+        series = {}
+        for s in SERVERS:
+            pts = []
+            for i, rate in enumerate(rates):
+                run = runs.get((s, f"1x1000@{rate}"))
+                if run:
+                    pts.append((i, value(run["report"])))
+            series[s] = pts
+        values = [v for pts in series.values() for _, v in pts] or [1]
+        if log:
+            lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+            hi = max(hi, lo + 1)
+            ys = lambda v: pad_t + panel_h - (math.log10(v) - lo) / (hi - lo) * panel_h
+            ticks = [10**e for e in range(lo, hi + 1)]
+        else:
+            hi = max(values) * 1.1
+            ys = lambda v: pad_t + panel_h - v / hi * panel_h
+            step = 10 ** math.floor(math.log10(hi)) if hi > 0 else 1
+            while hi / step < 4:
+                step /= 2
+            ticks = [k * step for k in range(int(hi / step) + 1)]
+        xs = lambda i: x0 + (i + 0.5) / len(rates) * panel_w
+        out.append(f'<text x="{x0 + panel_w / 2}" y="{pad_t - 15}" text-anchor="middle" font-weight="bold">{title}</text>')
+        out.append(f'<rect x="{x0}" y="{pad_t}" width="{panel_w}" height="{panel_h}" fill="none" stroke="#888"/>')
+        for t in ticks:
+            y = ys(t)
+            label = f"{t:g}" if log else (f"{t / 1000:g}k" if t >= 1000 else f"{t:g}")
+            out.append(f'<line x1="{x0}" x2="{x0 + panel_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+        for i, rate in enumerate(rates):
+            out.append(f'<text x="{xs(i):.1f}" y="{pad_t + panel_h + 18}" text-anchor="middle">{rate}</text>')
+        out.append(
+            f'<text x="{x0 + panel_w / 2}" y="{pad_t + panel_h + 38}" text-anchor="middle">publishes/s (1 channel × 1,000 subscribers)</text>'
+        )
+        for s, pts in series.items():
+            if not pts:
+                continue
+            path_d = " ".join(f"{'M' if k == 0 else 'L'}{xs(i):.1f},{ys(v):.1f}" for k, (i, v) in enumerate(pts))
+            out.append(f'<path d="{path_d}" fill="none" stroke="{COLORS[s]}" stroke-width="2"/>')
+            for i, v in pts:
+                out.append(f'<circle cx="{xs(i):.1f}" cy="{ys(v):.1f}" r="3" fill="{COLORS[s]}"/>')
+    for k, s in enumerate(SERVERS):
+        out.append(f'<rect x="{pad_l + 10 + k * 90}" y="{height - 14}" width="12" height="4" fill="{COLORS[s]}"/>')
+        out.append(f'<text x="{pad_l + 26 + k * 90}" y="{height - 9}">{s}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("out_dir")
+    ap.add_argument("--herald-version", default="")
+    ap.add_argument("--nchan-version", default="")
+    ap.add_argument("--quick", default="0")
+    a = ap.parse_args()
+    runs = load(a.results)
+    rates = []
+    for (_, w) in runs:
+        if w.startswith("1x1000@"):
+            rate = w.split("@", 1)[1]
+            if rate not in rates:
+                rates.append(rate)
+    rates.sort(key=lambda r: float("inf") if r == "max" else float(r))
+    big = sorted({w for (_, w) in runs if w.startswith("1x") and not w.startswith("1x1000@")})
+
+    md = []
+    md.append("# Benchmarks: Herald and Nchan, side by side\n")
+    md.append(
+        "Generated by `bash bench/compare.sh` (do not edit by hand: run it again). Every figure below comes from "
+        "`herald bench` runs made in one session, against both servers, with the exact commands listed at the end.\n"
+    )
+    if a.quick == "1":
+        md.append("**QUICK=1 run: short durations and fewer connections; not the figures to quote.**\n")
+    git = subprocess.run(["git", "log", "-1", "--format=%cs"], capture_output=True, text=True).stdout.strip()
+    md.append(f"- Date: {datetime.date.today().isoformat()} (Herald commit of {git})")
+    md.append(f"- Machine: {machine()}")
+    md.append(f"- Herald: {a.herald_version}, `history.store = \"memory\"`, `--workers 1`")
+    md.append(f"- Nchan: {a.nchan_version}, `worker_processes 1`, config in `bench/nchan.conf`")
+    md.append(
+        "- Each server pinned to CPU 0 with `taskset`, the load generator to CPU 1. Loopback only. "
+        "The open-file limit here is 20,000 per process, so idle runs stop at 19,000 connections per server."
+    )
+    md.append(
+        "- Server CPU is read from `/proc/PID/stat` (user + system, all threads; for Nchan master and worker) "
+        "from the first publish to the last delivery, so **delivered events per server CPU-second** compares the "
+        "servers even where the single-core load generator, not the server, sets the pace.\n"
+    )
+
+    md.append("## Idle subscribers\n")
+    md.append("| server | connections | server RSS before | after | per connection |\n|---|---|---|---|---|")
+    for s in SERVERS:
+        run = runs.get((s, "idle"))
+        if run:
+            r = run["report"]
+            per = r.get("server_rss_per_connection")
+            md.append(
+                f"| {s} | {fmt_int(r['connections'])} | {r['server_rss_before'] / 2**20:.1f} MiB "
+                f"| {r['server_rss_after'] / 2**20:.1f} MiB | {fmt_int(per)} bytes ({per / 1024:.2f} KiB) |"
+            )
+    md.append("")
+
+    md.append("## 1 channel × 1,000 subscribers, 100-byte events, publish rate sweep\n")
+    md.append("One publisher connection; `max` publishes as fast as the answers come.\n")
+    md.append("![delivered events/s and p99 latency against publish rate](benchmarks-fanout.svg)\n")
+    md.append(FANOUT_HEAD)
+    for rate in rates:
+        for s in SERVERS:
+            run = runs.get((s, f"1x1000@{rate}"))
+            if run:
+                md.append(fanout_row(s, run))
+    md.append("")
+    r = ratio(runs, "1x1000@max")
+    if r:
+        md.append(f"At saturation Herald delivers **{r:.1f}×** Nchan's events per server CPU-second.\n")
+
+    md.append("## 1,000 channels × 10 subscribers, 16 publisher connections, as fast as possible\n")
+    md.append(FANOUT_HEAD)
+    for s in SERVERS:
+        run = runs.get((s, "1000x10@max16"))
+        if run:
+            md.append(fanout_row(s, run))
+    md.append("")
+    r = ratio(runs, "1000x10@max16")
+    if r:
+        md.append(f"Herald delivers **{r:.1f}×** Nchan's events per server CPU-second here.\n")
+
+    for w in big:
+        n = w.split("@")[0].split("x")[1]
+        md.append(f"## 1 channel × {int(n):,} subscribers at 50 publishes/s\n")
+        md.append(FANOUT_HEAD)
+        for s in SERVERS:
+            run = runs.get((s, w))
+            if run:
+                md.append(fanout_row(s, run))
+        md.append("")
+
+    md.append("## Commands\n")
+    md.append("Servers (started by the script; `$WORK` is a temporary directory):\n")
+    md.append("```")
+    md.append("HERALD_HISTORY__STORE=memory taskset -c 0 herald serve --listen 127.0.0.1:18400 --workers 1 --log-level warn")
+    md.append("taskset -c 0 nginx -p $WORK/nchan -c $WORK/nchan/nginx.conf   # bench/nchan.conf with port and paths filled in")
+    md.append("```\n")
+    md.append("Load, one line per run:\n")
+    md.append("```")
+    for (s, w), run in runs.items():
+        md.append(run["command"])
+    md.append("```\n")
+    md.append("See [performance.md](performance.md) for how Herald's hot path is built and what each change measured.\n")
+
+    os.makedirs(a.out_dir, exist_ok=True)
+    with open(os.path.join(a.out_dir, "benchmarks.md"), "w") as f:
+        f.write("\n".join(md))
+    svg_plot(runs, rates, os.path.join(a.out_dir, "benchmarks-fanout.svg"))
+    print(f"wrote {a.out_dir}/benchmarks.md and {a.out_dir}/benchmarks-fanout.svg")
+
+
+if __name__ == "__main__":
+    main()
