@@ -140,8 +140,8 @@ def svg_plot(runs, rates, path):
             for i, v in pts:
                 out.append(f'<circle cx="{xs(i):.1f}" cy="{ys(v):.1f}" r="3" fill="{COLORS[s]}"/>')
     for k, s in enumerate(SERVERS):
-        out.append(f'<rect x="{pad_l + 10 + k * 90}" y="{height - 14}" width="12" height="4" fill="{COLORS[s]}"/>')
-        out.append(f'<text x="{pad_l + 26 + k * 90}" y="{height - 9}">{s}</text>')
+        out.append(f'<rect x="{pad_l + 10}" y="{pad_t + 12 + k * 16}" width="12" height="4" fill="{COLORS[s]}"/>')
+        out.append(f'<text x="{pad_l + 26}" y="{pad_t + 18 + k * 16}">{s}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -189,14 +189,14 @@ def main():
     )
 
     md.append("## Idle subscribers\n")
-    md.append("| server | connections | server RSS before | after | per connection |\n|---|---|---|---|---|")
+    md.append("| server | connections held | failed | server RSS before | after | per connection |\n|---|---|---|---|---|---|")
     for s in SERVERS:
         run = runs.get((s, "idle"))
         if run:
             r = run["report"]
             per = r.get("server_rss_per_connection")
             md.append(
-                f"| {s} | {fmt_int(r['connections'])} | {r['server_rss_before'] / 2**20:.1f} MiB "
+                f"| {s} | {fmt_int(r['connections'])} | {fmt_int(r['failed'])} | {r['server_rss_before'] / 2**20:.1f} MiB "
                 f"| {r['server_rss_after'] / 2**20:.1f} MiB | {fmt_int(per)} bytes ({per / 1024:.2f} KiB) |"
             )
     md.append("")
@@ -204,6 +204,11 @@ def main():
     md.append("## 1 channel × 1,000 subscribers, 100-byte events, publish rate sweep\n")
     md.append("One publisher connection; `max` publishes as fast as the answers come.\n")
     md.append("![delivered events/s and p99 latency against publish rate](benchmarks-fanout.svg)\n")
+    md.append(
+        "The x axis is the rate asked for. Where a server answers publishes more slowly than that, its "
+        "publisher falls behind: compare the `published/s` column, since a server that publishes fewer "
+        "events also has fewer queued, and so a lower latency.\n"
+    )
     md.append(FANOUT_HEAD)
     for rate in rates:
         for s in SERVERS:
