@@ -154,6 +154,27 @@ async fn keepalive_comments_on_an_idle_stream() {
 }
 
 #[tokio::test]
+async fn a_busy_stream_gets_no_keepalive() {
+    let server = TestServer::with(|c| c.keepalive_interval = Duration::from_millis(300)).await;
+    let mut sse = Sse::open(&server.url("/sse/busy")).await;
+    assert_eq!(sse.next_item().await, Some(Item::Comment("connected".into())));
+    assert_eq!(sse.next_item().await, Some(Item::Retry(3000)));
+    // An event every 20 ms for 800 ms: every 300 ms tick finds the stream has written.
+    for i in 0..40 {
+        server.publish_data("busy", &i.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..40 {
+        match sse.next_item().await.unwrap() {
+            Item::Event(e) => assert_eq!(e.data, i.to_string()),
+            other => panic!("expected event {i}, got {other:?}"),
+        }
+    }
+    // Then idle: the keep-alive comes back.
+    assert_eq!(sse.next_item().await, Some(Item::Comment("keep-alive".into())));
+}
+
+#[tokio::test]
 async fn keepalive_as_ping_events() {
     let server = TestServer::with(|c| {
         c.keepalive_interval = Duration::from_millis(100);

@@ -25,8 +25,8 @@ pub struct FanoutArgs {
     /// Channels.
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
-    /// Publisher connections (keep-alive). Each owns a share of the channels, so events of one
-    /// channel are always sent in order; more publishers than channels are not used.
+    /// Publisher connections (keep-alive). Each publishes to every channel in turn with its own
+    /// sequence numbers, so order is checked per channel and publisher.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
     /// Publishes per second over all publishers; 0 publishes as fast as the answers come.
@@ -89,31 +89,34 @@ pub struct Latency {
 #[derive(Default)]
 struct Seen {
     channel: usize,
-    /// One bit per sequence number of the channel.
-    bits: Vec<u64>,
+    /// Per publisher: one bit per sequence number it sent to the channel, and the highest seen.
+    streams: Vec<(Vec<u64>, Option<u64>)>,
     unique: u64,
     duplicated: u64,
     reordered: u64,
-    highest: Option<u64>,
     disconnected: bool,
 }
 
 impl Seen {
-    fn observe(&mut self, seq: u64) {
-        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if word >= self.bits.len() {
-            self.bits.resize(word + 1, 0);
+    fn observe(&mut self, publisher: usize, seq: u64) {
+        if publisher >= self.streams.len() {
+            self.streams.resize_with(publisher + 1, Default::default);
         }
-        if self.bits[word] & bit != 0 {
+        let (bits, highest) = &mut self.streams[publisher];
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if word >= bits.len() {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & bit != 0 {
             self.duplicated += 1;
             return;
         }
-        self.bits[word] |= bit;
+        bits[word] |= bit;
         self.unique += 1;
-        if self.highest.is_some_and(|h| seq < h) {
+        if highest.is_some_and(|h| seq < h) {
             self.reordered += 1;
         }
-        self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
+        *highest = Some(highest.map_or(seq, |h| h.max(seq)));
     }
 }
 
@@ -167,15 +170,17 @@ pub async fn run(
 
     let cpu_before = server.map(ServerProc::cpu).transpose()?;
     let started = Instant::now();
-    let publishers = args.publishers.min(args.channels);
+    let publishers = args.publishers;
+    if publishers > 1000 {
+        bail!("--publishers must be at most 1000");
+    }
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tasks = Vec::with_capacity(publishers);
     for k in 0..publishers {
-        let owned: Vec<usize> = (k..args.channels).step_by(publishers).collect();
         let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / args.rate));
         let (run, url) = (run.clone(), pub_url.clone());
-        let payload = args.payload;
-        tasks.push(tokio::task::spawn_local(async move { publish_loop(&run, &url, body, owned, payload, interval, deadline).await }));
+        let (payload, channels) = (args.payload, args.channels);
+        tasks.push(tokio::task::spawn_local(async move { publish_loop(&run, &url, body, k, channels, payload, interval, deadline).await }));
     }
     for task in tasks {
         task.await.context("publisher task")??;
@@ -321,9 +326,9 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
         let mut latency = run.latency.borrow_mut();
         let mut count = 0;
         let mut on_data = |data: &[u8]| {
-            if let Some((seq, sent)) = read_payload(data) {
-                seen.observe(seq);
-                let _ = latency.record(now.saturating_sub(sent).max(1));
+            if let Some(stamp) = read_payload(data) {
+                seen.observe(stamp.publisher, stamp.seq);
+                let _ = latency.record(now.saturating_sub(stamp.sent_us).max(1));
                 count += 1;
             }
         };
@@ -360,22 +365,25 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
     }
 }
 
-/// One publisher connection: sends events to its channels in turn until the deadline.
+/// Publisher connection `me`: sends events to every channel in turn until the deadline.
+#[allow(clippy::too_many_arguments)]
 async fn publish_loop(
     run: &Run,
     url: &UrlTemplate,
     body: BodyMode,
-    channels: Vec<usize>,
+    me: usize,
+    channels: usize,
     payload_size: usize,
     interval: Option<Duration>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
-    let requests: Vec<PublishRequest> = channels.iter().map(|&c| PublishRequest::new(url, &channel_name(c), body)).collect();
-    let mut seqs = vec![0u64; channels.len()];
+    let requests: Vec<PublishRequest> = (0..channels).map(|c| PublishRequest::new(url, &channel_name(c), body)).collect();
+    let mut seqs = vec![0u64; channels];
     let (mut payload, mut request, mut response) = (Vec::new(), Vec::new(), Vec::new());
     let mut stream: Option<TcpStream> = None;
     let mut next_due = tokio::time::Instant::now();
-    let mut turn = 0;
+    // Publishers start on different channels, so that they spread at once.
+    let mut turn = me;
     while tokio::time::Instant::now() < deadline && run.budget.get() > 0 {
         if let Some(every) = interval {
             next_due += every;
@@ -385,19 +393,19 @@ async fn publish_loop(
             tokio::time::sleep_until(next_due).await;
         }
         run.budget.set(run.budget.get() - 1);
-        let k = turn % channels.len();
+        let k = turn % channels;
         turn += 1;
         if stream.is_none() {
             stream = Some(connect(url.addr, 1000 + turn).await.with_context(|| format!("connect to {}", url.addr))?);
             response.clear();
         }
         let conn = stream.as_mut().expect("connected above");
-        write_payload(seqs[k], run.now_us(), payload_size, &mut payload);
+        write_payload(me, seqs[k], run.now_us(), payload_size, &mut payload);
         requests[k].write(&payload, &mut request);
         match exchange(conn, &request, &mut response).await {
             Ok((status, keep)) if (200..300).contains(&status) => {
                 seqs[k] += 1;
-                run.published.borrow_mut()[channels[k]] += 1;
+                run.published.borrow_mut()[k] += 1;
                 if !keep {
                     stream = None;
                 }

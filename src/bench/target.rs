@@ -100,10 +100,12 @@ impl PublishRequest {
     }
 }
 
-/// Writes the event payload: `<seq> <sent µs> ` padded with `x` to `size` bytes. Text only, so
-/// it needs no escaping in JSON and reads the same whatever the hub does with it.
-pub fn write_payload(seq: u64, sent_us: u64, size: usize, out: &mut Vec<u8>) {
+/// Writes the event payload: `<publisher> <seq> <sent µs> ` padded with `x` to `size` bytes.
+/// Text only, so it needs no escaping in JSON and reads the same whatever the hub does with it.
+pub fn write_payload(publisher: usize, seq: u64, sent_us: u64, size: usize, out: &mut Vec<u8>) {
     out.clear();
+    out.extend_from_slice(itoa::Buffer::new().format(publisher).as_bytes());
+    out.push(b' ');
     out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.push(b' ');
     out.extend_from_slice(itoa::Buffer::new().format(sent_us).as_bytes());
@@ -113,12 +115,21 @@ pub fn write_payload(seq: u64, sent_us: u64, size: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Reads `<seq> <sent µs>` back from a payload.
-pub fn read_payload(data: &[u8]) -> Option<(u64, u64)> {
-    let mut fields = data.splitn(3, |&b| b == b' ');
+/// What a payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub publisher: usize,
+    pub seq: u64,
+    pub sent_us: u64,
+}
+
+/// Reads `<publisher> <seq> <sent µs>` back from a payload.
+pub fn read_payload(data: &[u8]) -> Option<Stamp> {
+    let mut fields = data.splitn(4, |&b| b == b' ');
+    let publisher = usize::try_from(parse_u64(fields.next()?)?).ok()?;
     let seq = parse_u64(fields.next()?)?;
-    let sent = parse_u64(fields.next()?)?;
-    Some((seq, sent))
+    let sent_us = parse_u64(fields.next()?)?;
+    Some(Stamp { publisher, seq, sent_us })
 }
 
 fn parse_u64(digits: &[u8]) -> Option<u64> {
@@ -145,13 +156,14 @@ mod tests {
     #[test]
     fn payload_round_trips_and_is_padded() {
         let mut out = Vec::new();
-        write_payload(42, 1_700_000_000_000_000, 100, &mut out);
+        write_payload(3, 42, 1_700_000_000_000_000, 100, &mut out);
         assert_eq!(out.len(), 100);
-        assert_eq!(read_payload(&out), Some((42, 1_700_000_000_000_000)));
-        write_payload(7, 9, 1, &mut out);
-        assert_eq!(read_payload(&out), Some((7, 9)));
-        assert_eq!(read_payload(b"x 1 "), None);
-        assert_eq!(read_payload(b"99999999999999999999 1 "), None);
+        assert_eq!(read_payload(&out), Some(Stamp { publisher: 3, seq: 42, sent_us: 1_700_000_000_000_000 }));
+        write_payload(0, 7, 9, 1, &mut out);
+        assert_eq!(read_payload(&out), Some(Stamp { publisher: 0, seq: 7, sent_us: 9 }));
+        assert_eq!(read_payload(b"0 x 1 "), None);
+        assert_eq!(read_payload(b"0 1"), None);
+        assert_eq!(read_payload(b"0 99999999999999999999 1 "), None);
     }
 
     #[test]

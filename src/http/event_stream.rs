@@ -106,27 +106,32 @@ pub fn response_head(parts: &http::response::Parts, body_len: Option<usize>, clo
     out
 }
 
-/// Writes `head` and then the subscription's chunks until the stream ends or the client goes.
+/// Writes `head` and then the subscription's output until the stream ends or the client goes.
 pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, mut sub: Subscription) -> io::Result<()> {
     // The head and the preamble (always ready) leave in one write.
     let mut first = head;
-    if let Poll::Ready(Some(chunk)) = sub.poll_chunk(&mut Context::from_waker(std::task::Waker::noop())) {
-        first.extend_from_slice(&chunk);
+    if let Poll::Ready(true) = sub.poll_pending(&mut Context::from_waker(std::task::Waker::noop())) {
+        first.extend_from_slice(sub.pending());
+        sub.sent();
     }
     stream.write_all(&first).await?;
     drop(first);
     loop {
-        let next = std::future::poll_fn(|cx| {
-            if peer_closed(stream, cx) {
-                return Poll::Ready(None);
-            }
-            sub.poll_chunk(cx).map(Some)
+        let next = std::future::poll_fn(|cx| match sub.poll_pending(cx) {
+            Poll::Ready(more) => Poll::Ready(Some(more)),
+            // Only a stream with nothing to write needs to watch for the client going away: a
+            // write to a closed connection fails by itself.
+            Poll::Pending if peer_closed(stream, cx) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         })
         .await;
         match next {
-            Some(Some(chunk)) => stream.write_all(&chunk).await?,
+            Some(true) => {
+                stream.write_all(sub.pending()).await?;
+                sub.sent();
+            }
             // The hub is closing or the lag policy ended the stream: close it cleanly.
-            Some(None) => return stream.shutdown().await,
+            Some(false) => return stream.shutdown().await,
             None => return Ok(()),
         }
     }

@@ -39,6 +39,17 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
             }
         }
     });
+    let keepalive = (!hub.config().keepalive_interval.is_zero()).then(|| {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let every = hub.config().keepalive_interval;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                hub.keepalive_tick();
+            }
+        })
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -61,6 +72,9 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     shared.shutdown.cancel();
     hub.close();
     sweeper.abort();
+    if let Some(task) = keepalive {
+        task.abort();
+    }
     connections.close();
     tokio::select! {
         () = connections.wait() => tracing::info!("all connections closed"),

@@ -61,6 +61,8 @@ pub struct Hub {
     started: Instant,
     published: AtomicU64,
     subscriptions: AtomicUsize,
+    /// Keep-alive ticks so far (see [`Hub::keepalive_tick`]).
+    keepalive_ticks: AtomicU64,
 }
 
 fn now_micros() -> u64 {
@@ -84,6 +86,7 @@ impl Hub {
             started: Instant::now(),
             published: AtomicU64::new(0),
             subscriptions: AtomicUsize::new(0),
+            keepalive_ticks: AtomicU64::new(0),
         };
         {
             let mut map = hub.channels.write();
@@ -294,6 +297,20 @@ impl Hub {
 
     pub(crate) fn subscription_closed(&self) {
         self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// One keep-alive period has passed: every subscription is woken, and those that wrote
+    /// nothing since the previous tick send a keep-alive. Called every `keepalive_interval`.
+    pub fn keepalive_tick(&self) {
+        self.keepalive_ticks.fetch_add(1, Ordering::Release);
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        for ch in channels {
+            ch.wake_all();
+        }
+    }
+
+    pub(crate) fn keepalive_ticks(&self) -> u64 {
+        self.keepalive_ticks.load(Ordering::Acquire)
     }
 
     pub fn is_closing(&self) -> bool {

@@ -14,12 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
 
 /// Events gathered per channel per round when merging several channels.
 const MERGE_BATCH: usize = 256;
@@ -63,7 +61,10 @@ pub struct Subscription {
     buf: BytesMut,
     /// The connect preamble (comment, `retry:`, a missed-events notice), sent first.
     head: Option<Bytes>,
-    keepalive: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// The hub's keep-alive tick last looked at: a stream that wrote nothing between two ticks
+    /// gets a keep-alive. One hub-wide ticker instead of a timer per connection keeps idle
+    /// connections small and costs a delivery nothing.
+    tick_seen: u64,
     wrote_since_tick: bool,
     /// The lag policy asked to end the stream once the buffer is out.
     ending: bool,
@@ -95,7 +96,7 @@ impl Subscription {
             head.put_slice(&notice);
         }
         let cursors = channels.into_iter().zip(starts).map(|((channel, key), next)| Cursor { channel, key, next }).collect();
-        let keepalive = options.keepalive.map(|every| (Box::pin(tokio::time::sleep(every)), every));
+        let tick_seen = hub.keepalive_ticks();
         hub.subscription_opened();
         Subscription {
             hub,
@@ -103,8 +104,8 @@ impl Subscription {
             cursors,
             buf: BytesMut::new(),
             head: Some(head.freeze()),
-            keepalive,
-            wrote_since_tick: false,
+            tick_seen,
+            wrote_since_tick: true,
             ending: false,
             finished: false,
             last_pos: 0,
@@ -190,21 +191,28 @@ impl Subscription {
     }
 }
 
+/// A send buffer grown past this by a burst is let go once written, so that a quiet
+/// subscription does not keep a large allocation.
+const KEEP_BUFFER: usize = 4096;
+
 impl Subscription {
-    /// The next bytes to send: the preamble, a batch of frames, a lag notice or a keep-alive.
-    /// `None` once the stream is over (the hub is closing, or the lag policy ended it).
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// Makes the next bytes to send ready in [`pending`](Self::pending): the preamble, a batch
+    /// of frames, a lag notice or a keep-alive. `Ready(false)` once the stream is over (the hub
+    /// is closing, or the lag policy ended it). The caller writes them and calls
+    /// [`sent`](Self::sent); the buffer is reused, so delivery allocates nothing.
+    pub fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if let Some(head) = self.head.take() {
-            return Poll::Ready(Some(head));
+            self.buf.extend_from_slice(&head);
+            return Poll::Ready(true);
         }
         if self.finished {
-            return Poll::Ready(None);
+            return Poll::Ready(false);
         }
         // Register before reading: an event published after the read wakes us.
         self.waker.register(cx.waker());
         if self.hub.is_closing() {
             self.finished = true;
-            return Poll::Ready(None);
+            return Poll::Ready(false);
         }
         if !self.ending {
             self.fill();
@@ -212,23 +220,43 @@ impl Subscription {
         if !self.buf.is_empty() {
             self.wrote_since_tick = true;
             self.finished = self.ending;
-            return Poll::Ready(Some(self.buf.split().freeze()));
+            return Poll::Ready(true);
         }
         if self.ending {
             self.finished = true;
-            return Poll::Ready(None);
+            return Poll::Ready(false);
         }
-        if let Some((sleep, every)) = &mut self.keepalive {
-            while sleep.as_mut().poll(cx).is_ready() {
-                sleep.as_mut().reset(Instant::now() + *every);
-                // Only an idle stream needs a keep-alive.
+        if self.options.keepalive.is_some() {
+            let tick = self.hub.keepalive_ticks();
+            if tick != self.tick_seen {
+                self.tick_seen = tick;
+                // Only a stream that was idle for a whole tick needs a keep-alive.
                 if !std::mem::take(&mut self.wrote_since_tick) {
-                    let bytes = if self.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT };
-                    return Poll::Ready(Some(Bytes::from_static(bytes)));
+                    self.buf.extend_from_slice(if self.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT });
+                    return Poll::Ready(true);
                 }
             }
         }
         Poll::Pending
+    }
+
+    /// The bytes made ready by [`poll_pending`](Self::poll_pending).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The pending bytes have been written.
+    pub fn sent(&mut self) {
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+
+    /// The next bytes to send as an owned chunk, for a caller that queues them (hyper).
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.poll_pending(cx).map(|more| more.then(|| self.buf.split().freeze()))
     }
 }
 
