@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -345,21 +345,33 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
     };
     consume(&leftover)?;
     drop(leftover);
+    let mut stream = stream;
     loop {
-        stream.readable().await?;
-        loop {
+        // Read into the shared buffer inside one poll, so no borrow outlives it. tokio's
+        // `poll_read` takes a short read as proof the socket is drained, which saves the second
+        // read (the one that would only say "nothing more") on every event.
+        let read = std::future::poll_fn(|cx| {
             let mut buf = run.read_buf.borrow_mut();
-            match stream.try_read(&mut buf) {
-                Ok(0) => {
-                    run.seen.borrow_mut()[i].disconnected = true;
-                    return Ok(());
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            match std::pin::Pin::new(&mut stream).poll_read(cx, &mut rb) {
+                std::task::Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    std::task::Poll::Ready(if n == 0 { Ok(0) } else { consume(rb.filled()).map(|()| n) })
                 }
-                Ok(n) => consume(&buf[..n])?,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    run.seen.borrow_mut()[i].disconnected = true;
-                    return Err(e.into());
-                }
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e.into())),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        match read {
+            Ok(0) => {
+                run.seen.borrow_mut()[i].disconnected = true;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                run.seen.borrow_mut()[i].disconnected = true;
+                return Err(e);
             }
         }
     }
