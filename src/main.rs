@@ -148,9 +148,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(config: herald::config::Config) -> anyhow::Result<()> {
-    let listener = herald::http::server::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "herald listening");
-    let hub = herald::hub::Hub::new(config);
+    let listen = config.listen;
+    // The store first: a data directory that cannot be used stops start-up before it listens.
+    let hub = herald::hub::Hub::new(config)?;
+    let listener = herald::http::server::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, store = hub.store().kind(), "herald listening");
     herald::http::server::serve(listener, hub, shutdown_signal()).await?;
     Ok(())
 }

@@ -92,14 +92,36 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    /// Kept in a data directory on disk: survives restarts.
+    Disk,
+    /// Kept in memory only.
     Memory,
+}
+
+/// When the disk store makes accepted events durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Before the publisher gets its answer (publishes arriving together share one fsync).
+    Always,
+    /// Every `history.fsync_interval`; an operating-system crash may lose that much.
+    Interval,
+    /// Left to the operating system.
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// Where history lives.
+    /// Where history lives: `disk` (the default) or `memory`.
     pub store: StoreKind,
+    /// The disk store's data directory.
+    pub dir: std::path::PathBuf,
+    /// When the disk store syncs accepted events to disk.
+    pub fsync: FsyncMode,
+    /// How often `fsync = "interval"` syncs.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
     /// Events kept per channel (the default for channels without their own `history_size`).
     pub size: usize,
     /// Age after which events leave history. `0s` keeps them until `size` or `max_memory` evicts.
@@ -175,7 +197,15 @@ impl Default for Limits {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { store: StoreKind::Memory, size: 1000, ttl: Duration::ZERO, max_memory: ByteSize::mib(256) }
+        HistoryConfig {
+            store: StoreKind::Disk,
+            dir: "./data".into(),
+            fsync: FsyncMode::Always,
+            fsync_interval: Duration::from_secs(1),
+            size: 1000,
+            ttl: Duration::ZERO,
+            max_memory: ByteSize::mib(256),
+        }
     }
 }
 
@@ -210,6 +240,12 @@ impl Config {
         }
         if !(1..=4096).contains(&self.max_channel_name_length) {
             return bad("max_channel_name_length", "must be between 1 and 4096".into());
+        }
+        if self.history.store == StoreKind::Disk && self.history.dir.as_os_str().is_empty() {
+            return bad("history.dir", "must name a directory for the disk store".into());
+        }
+        if self.history.fsync == FsyncMode::Interval && self.history.fsync_interval.is_zero() {
+            return bad("history.fsync_interval", "must be more than 0s with fsync = \"interval\"".into());
         }
         if self.history.size > MAX_HISTORY_SIZE {
             return bad("history.size", format!("must be at most {MAX_HISTORY_SIZE}"));

@@ -91,6 +91,13 @@ impl ChannelLog {
         }
     }
 
+    /// Sets the floor: the newest position known to have left history (at start-up, from the
+    /// store, before any event is pushed), so that a client resuming from before it is told it
+    /// missed events.
+    pub fn set_floor(&self, pos: u64) {
+        self.inner.lock().floor_pos = pos;
+    }
+
     /// Appends an event; returns the bytes that left the log to make room.
     pub fn push(&self, event: Arc<Event>) -> usize {
         let mut inner = self.inner.lock();

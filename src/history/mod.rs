@@ -6,6 +6,7 @@
 //! told of every accepted event before the publisher gets its answer, and is asked for events
 //! older than the window holds. The memory store keeps nothing beyond the window.
 
+pub mod disk;
 pub mod log;
 pub mod memory;
 
@@ -28,6 +29,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Events of `channel` after position `after` that are older than the window, oldest first,
     /// at most `limit`. `None` means the store keeps nothing beyond the window.
     fn read_after<'a>(&'a self, channel: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>>;
+
+    /// Makes everything appended so far durable (at shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(futures_util::future::ready(Ok(())))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -80,6 +80,9 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         () = connections.wait() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(hub.shutdown_timeout()) => tracing::warn!("shutdown_timeout reached with connections still open"),
     }
+    if let Err(e) = hub.store().flush().await {
+        tracing::error!(error = %e, "could not make history durable at shutdown");
+    }
     Ok(())
 }
 

@@ -13,8 +13,9 @@ pub use channel::Channel;
 pub use settings::{ChannelSettings, SettingsResolver};
 pub use subscription::{Subscription, SubscriptionOptions};
 
-use crate::config::{Config, pattern};
+use crate::config::{Config, StoreKind, pattern};
 use crate::event::Event;
+use crate::history::disk::{self, DiskStore};
 use crate::history::{HistoryStore, MemoryBudget, MemoryStore, Missed, Resume, StoreError};
 use crate::sse::FrameBuilder;
 use futures_util::task::AtomicWaker;
@@ -46,7 +47,7 @@ pub struct Publication {
 
 pub struct Hub {
     config: Arc<Config>,
-    settings: SettingsResolver,
+    settings: Arc<SettingsResolver>,
     channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     /// The newest position issued. Positions are microseconds since the Unix epoch, bumped by
     /// one when two events fall in the same microsecond, so they keep growing across restarts.
@@ -70,9 +71,18 @@ fn now_micros() -> u64 {
 }
 
 impl Hub {
-    pub fn new(config: Config) -> Arc<Hub> {
-        let settings = SettingsResolver::new(&config);
-        let start = now_micros();
+    /// A hub with the store its configuration names; with the disk store, what the store holds
+    /// is loaded back into the channels first, and positions go on after the newest stored one.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Hub>> {
+        let settings = Arc::new(SettingsResolver::new(&config));
+        let (store, recovered): (Arc<dyn HistoryStore>, _) = match config.history.store {
+            StoreKind::Memory => (Arc::new(MemoryStore), None),
+            StoreKind::Disk => {
+                let (store, recovered) = DiskStore::open(&config.history, disk::retention_lookup(settings.clone()))?;
+                (Arc::new(store), Some(recovered))
+            }
+        };
+        let start = now_micros().max(recovered.as_ref().map_or(0, |r| r.newest));
         let hub = Hub {
             budget: MemoryBudget::new(config.history.max_memory.as_usize()),
             config: Arc::new(config),
@@ -80,7 +90,7 @@ impl Hub {
             channels: RwLock::new(HashMap::new()),
             seq: Mutex::new(start),
             watermark: AtomicU64::new(start),
-            store: Arc::new(MemoryStore),
+            store,
             evicting: Mutex::new(()),
             closing: AtomicBool::new(false),
             started: Instant::now(),
@@ -95,8 +105,27 @@ impl Hub {
                 let name: Arc<str> = name.into();
                 map.insert(name.clone(), Arc::new(Channel::new(name, settings, true, start)));
             }
+            for (name, floor, events) in recovered.map(|r| r.channels).unwrap_or_default() {
+                let Some(settings) = hub.settings.resolve(&name) else {
+                    tracing::warn!(channel = %name, "stored history of a channel the configuration no longer allows: not loaded");
+                    continue;
+                };
+                let declared = map.contains_key(&name);
+                let ch = map.entry(name.clone()).or_insert_with(|| Arc::new(Channel::new(name, settings, declared, floor)));
+                ch.log.set_floor(floor);
+                for ev in events {
+                    hub.budget.add(ev.frame.len());
+                    let freed = ch.log.push(ev);
+                    hub.budget.release(freed);
+                }
+            }
         }
-        Arc::new(hub)
+        // Loaded history past its age leaves now rather than at the first sweep.
+        hub.sweep();
+        if hub.budget.over() {
+            hub.enforce_budget();
+        }
+        Ok(Arc::new(hub))
     }
 
     pub fn config(&self) -> &Config {

@@ -32,11 +32,13 @@ impl TestServer {
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
         config.shutdown_timeout = Duration::from_secs(2);
+        // In-process tests keep history in memory unless one opts into the disk store.
+        config.history.store = herald::config::StoreKind::Memory;
         tweak(&mut config);
         config.validate().expect("test configuration is valid");
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hub = Hub::new(config);
+        let hub = Hub::new(config).expect("the hub starts");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(herald::http::server::serve(listener, hub.clone(), async move {
             let _ = stopped.await;

@@ -1,0 +1,229 @@
+//! The disk store, through the real binary: acknowledged events survive `kill -9` in every fsync
+//! mode, with the same ids and order; ids keep growing across restarts; retention by count and by
+//! age is applied on disk; an unusable data directory stops start-up with the key named.
+
+mod support;
+
+use herald::sse::Item;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{Sse, http};
+
+/// `herald serve` in `dir` (its `./data` is the store), on an ephemeral port.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+fn herald(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+impl Node {
+    fn start(dir: &Path) -> Node {
+        let mut child = herald(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            assert!(Instant::now() < deadline, "server did not report its address");
+            let line = lines.next().expect("the server logs until it listens").unwrap();
+            if let Some(i) = line.find("addr=") {
+                break line[i + 5..].split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, url: format!("http://{addr}") }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGKILL: no shutdown, no last sync.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(self.child.wait().unwrap().success(), "clean exit on SIGTERM");
+    }
+
+    async fn publish(&self, path: &str, body: serde_json::Value) -> Vec<String> {
+        let resp = http().post(self.url(path)).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    }
+}
+
+fn write_config(dir: &Path, toml: &str) {
+    std::fs::write(dir.join("herald.toml"), toml).unwrap();
+}
+
+/// The events of a replay, up to the first `n`.
+async fn replay(node: &Node, path: &str, last_event_id: Option<&str>, n: usize) -> (Vec<(String, String, String)>, bool) {
+    let headers: Vec<(&str, &str)> = last_event_id.map(|id| vec![("last-event-id", id)]).unwrap_or_default();
+    let mut sse = Sse::open_with(&node.url(path), &headers).await;
+    let mut got = Vec::new();
+    let mut missed = false;
+    while got.len() < n {
+        match sse.next_item().await.expect("stream open") {
+            Item::Event(e) if e.event == "missed" => missed = true,
+            Item::Event(e) => got.push((e.last_event_id, e.event, e.data)),
+            _ => {}
+        }
+    }
+    // Nothing beyond what was expected.
+    assert!(
+        sse.next_item_within(Duration::from_millis(200)).await.map_or(true, |item| !matches!(item, Some(Item::Event(_)))),
+        "an event beyond the {n} expected"
+    );
+    (got, missed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9_in_every_fsync_mode() {
+    for mode in ["always", "interval", "never"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), &format!("[history]\nfsync = \"{mode}\"\nfsync_interval = \"1h\"\n"));
+        let node = Node::start(dir.path());
+        // Four publishers at once, so that groups share a commit; one channel's order is one
+        // publisher's, and every event is acknowledged before the kill.
+        let mut expected: Vec<Vec<(String, String, String)>> = Vec::new();
+        let mut tasks = Vec::new();
+        for p in 0..4 {
+            let url = node.url(&format!("/sse/k{p}"));
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..60 {
+                    let custom = i % 10 == 9;
+                    let mut body = json!({ "data": format!("{p}-{i}"), "event": "e" });
+                    if custom {
+                        body["id"] = format!("custom-{p}-{i}").into();
+                    }
+                    let resp = http().post(&url).json(&body).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let answer: serde_json::Value = resp.json().await.unwrap();
+                    acked.push((answer["ids"][0].as_str().unwrap().to_owned(), "e".to_owned(), format!("{p}-{i}")));
+                }
+                acked
+            }));
+        }
+        for t in tasks {
+            expected.push(t.await.unwrap());
+        }
+        // One event in two channels: stored under both, one event after the restart.
+        let both = node.publish("/publish", json!({ "channels": ["k0", "k1"], "data": "both", "event": "e" })).await;
+        expected[0].push((both[0].clone(), "e".into(), "both".into()));
+        expected[1].push((both[0].clone(), "e".into(), "both".into()));
+        node.kill_9();
+
+        let node = Node::start(dir.path());
+        for (p, acked) in expected.iter().enumerate() {
+            let (got, missed) = replay(&node, &format!("/sse/k{p}?replay=all"), None, acked.len()).await;
+            assert!(!missed);
+            assert_eq!(&got, acked, "fsync = {mode}: channel k{p} after kill -9");
+            // Resuming from the middle gets exactly the rest, and no notice.
+            let (rest, missed) = replay(&node, &format!("/sse/k{p}"), Some(&acked[29].0), acked.len() - 30).await;
+            assert!(!missed, "fsync = {mode}: no missed notice resuming inside history");
+            assert_eq!(&rest[..], &acked[30..]);
+        }
+        // A subscriber to both channels gets the shared event once.
+        let (merged, _) = replay(&node, "/sse?channel=k0&channel=k1&replay=all", None, 121).await;
+        assert_eq!(merged.iter().filter(|(_, _, d)| d == "both").count(), 1);
+        // New ids go on after every id issued before the restart.
+        let newest_before: u64 = expected.iter().flatten().filter_map(|(id, _, _)| id.parse().ok()).max().unwrap();
+        let after = node.publish("/sse/k0", json!({ "data": "after" })).await;
+        assert!(after[0].parse::<u64>().unwrap() > newest_before, "fsync = {mode}: ids grow across restarts");
+        node.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_and_age_applies_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        "[[channels]]\npattern = \"short\"\nhistory_size = 5\n\n[[channels]]\npattern = \"aged\"\nhistory_ttl = \"1s\"\n",
+    );
+    let node = Node::start(dir.path());
+    let mut short = Vec::new();
+    for i in 0..50 {
+        short.extend(node.publish("/sse/short", json!({ "data": i.to_string() })).await);
+    }
+    for i in 0..3 {
+        node.publish("/sse/aged", json!({ "data": format!("old {i}") })).await;
+    }
+    // Past the age, and past the store's once-a-second sweep.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fresh = node.publish("/sse/aged", json!({ "data": "fresh" })).await;
+    node.stop();
+
+    // What the store itself holds now.
+    {
+        let mut config = herald::config::Config::default();
+        config.history.dir = dir.path().join("data");
+        let (store, recovered) = herald::history::disk::DiskStore::open(&config.history, Box::new(|_| None)).unwrap();
+        let held = |name: &str| {
+            recovered
+                .channels
+                .iter()
+                .find(|(n, _, _)| &**n == name)
+                .map(|(_, floor, evs)| (*floor, evs.iter().map(|e| e.pos.to_string()).collect::<Vec<_>>()))
+        };
+        let (floor, ids) = held("short").expect("short has events on disk");
+        // Trimmed in steps: at most a tenth (at least one) over its size of 5.
+        assert!((5..=6).contains(&ids.len()), "short holds {} events on disk", ids.len());
+        assert_eq!(ids[ids.len() - 5..], short[45..], "the newest are kept");
+        assert!(floor >= short[43].parse::<u64>().unwrap(), "the floor is the newest deleted event");
+        let (_, aged) = held("aged").expect("aged has its fresh event");
+        assert_eq!(aged, fresh, "events past history_ttl are deleted from disk");
+        drop(store);
+    }
+
+    let node = Node::start(dir.path());
+    let (got, _) = replay(&node, "/sse/short?replay=all", None, 5).await;
+    assert_eq!(got.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), short[45..]);
+    // A client whose id left history is told so.
+    let (_, missed) = replay(&node, "/sse/short", Some(&short[10]), 5).await;
+    assert!(missed, "resuming from a deleted event gets the missed notice");
+    node.stop();
+}
+
+#[test]
+fn an_unusable_data_directory_stops_startup_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data"), "not a directory").unwrap();
+    let out = herald(dir.path()).args(["serve", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("history.dir"), "{err}");
+
+    // A directory another herald is using.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let out = herald(dir.path()).args(["serve", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success(), "a second herald on the same data directory must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("history.dir"), "{err}");
+    node.stop();
+}
