@@ -50,6 +50,9 @@ struct ServerFlags {
     /// Runtime worker threads (0: one per CPU core).
     #[arg(long)]
     workers: Option<usize>,
+    /// The disk store's data directory (history.dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 impl ServerFlags {
@@ -69,6 +72,9 @@ impl ServerFlags {
         }
         if let Some(v) = self.workers {
             flags.push(("workers", v.to_string()));
+        }
+        if let Some(v) = &self.data_dir {
+            flags.push(("history.dir", v.display().to_string()));
         }
         Overrides { config_path: self.config.clone(), flags }
     }

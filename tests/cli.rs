@@ -47,7 +47,7 @@ fn precedence_is_defaults_file_env_flags() {
     )
     .unwrap();
     let (ok, out, err) = run(herald(dir.path())
-        .args(["config", "--listen", "127.0.0.1:3333", "--workers", "1", "--config"])
+        .args(["config", "--listen", "127.0.0.1:3333", "--workers", "1", "--data-dir", "/srv/herald", "--config"])
         .arg(&file)
         .env("HERALD_KEEPALIVE_INTERVAL", "7s")
         .env("HERALD_HISTORY__SIZE", "20")
@@ -56,6 +56,8 @@ fn precedence_is_defaults_file_env_flags() {
     let t = effective(&out);
     assert_eq!(t["listen"].as_str(), Some("127.0.0.1:3333"), "flag beats file");
     assert_eq!(t["workers"].as_integer(), Some(1));
+    assert_eq!(t["history"]["dir"].as_str(), Some("/srv/herald"));
+    assert_eq!(t["history"]["store"].as_str(), Some("disk"), "the disk store is the default");
     assert_eq!(t["keepalive_interval"].as_str(), Some("7s"), "env beats file");
     assert_eq!(t["history"]["size"].as_integer(), Some(20), "nested env key");
     assert_eq!(t["history"]["max_memory"].as_str(), Some("64MiB"), "file beats default");
