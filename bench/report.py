@@ -81,6 +81,22 @@ def ratio(runs, workload):
     return a / b if a and b else None
 
 
+def fanout_section(md, runs, workload, title, intro=None):
+    """A table of both servers on one workload, and Herald's ratio per server CPU-second."""
+    md.append(f"## {title}\n")
+    if intro:
+        md.append(intro + "\n")
+    md.append(FANOUT_HEAD)
+    for s in SERVERS:
+        run = runs.get((s, workload))
+        if run:
+            md.append(fanout_row(s, run))
+    md.append("")
+    r = ratio(runs, workload)
+    if r:
+        md.append(f"Herald delivers **{r:.1f}×** Nchan's events per server CPU-second here.\n")
+
+
 def svg_plot(runs, rates, path):
     """Two panels over the same x axis (publish rate): delivered events/s, and p99 latency."""
     width, height, pad_l, pad_r, pad_t, pad_b, gap = 760, 330, 70, 20, 40, 50, 80
@@ -221,41 +237,19 @@ def main():
     if r:
         md.append(f"At saturation Herald delivers **{r:.1f}×** Nchan's events per server CPU-second.\n")
 
-    md.append("## 1 channel × 1,000 subscribers, 4 publisher connections, as fast as possible\n")
-    md.append(
+    fanout_section(
+        md,
+        runs,
+        "1x1000@max4",
+        "1 channel × 1,000 subscribers, 4 publisher connections, as fast as possible",
         "Several backends publishing to one busy channel. Each publisher numbers its own events, and order "
-        "is checked per publisher.\n"
+        "is checked per publisher.",
     )
-    md.append(FANOUT_HEAD)
-    for s in SERVERS:
-        run = runs.get((s, "1x1000@max4"))
-        if run:
-            md.append(fanout_row(s, run))
-    md.append("")
-    r = ratio(runs, "1x1000@max4")
-    if r:
-        md.append(f"Herald delivers **{r:.1f}×** Nchan's events per server CPU-second here.\n")
-
-    md.append("## 1,000 channels × 10 subscribers, 16 publisher connections, as fast as possible\n")
-    md.append(FANOUT_HEAD)
-    for s in SERVERS:
-        run = runs.get((s, "1000x10@max16"))
-        if run:
-            md.append(fanout_row(s, run))
-    md.append("")
-    r = ratio(runs, "1000x10@max16")
-    if r:
-        md.append(f"Herald delivers **{r:.1f}×** Nchan's events per server CPU-second here.\n")
+    fanout_section(md, runs, "1000x10@max16", "1,000 channels × 10 subscribers, 16 publisher connections, as fast as possible")
 
     for w in big:
         n = w.split("@")[0].split("x")[1]
-        md.append(f"## 1 channel × {int(n):,} subscribers at 50 publishes/s\n")
-        md.append(FANOUT_HEAD)
-        for s in SERVERS:
-            run = runs.get((s, w))
-            if run:
-                md.append(fanout_row(s, run))
-        md.append("")
+        fanout_section(md, runs, w, f"1 channel × {int(n):,} subscribers at 50 publishes/s")
 
     md.append("## Commands\n")
     md.append("Servers (started by the script; `$WORK` is a temporary directory):\n")

@@ -1,21 +1,12 @@
 //! The `herald` binary: configuration layers and errors, `serve` with signals, and the
 //! `publish` / `subscribe` client against a running hub.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-fn herald(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.current_dir(dir);
-    // The tests' own environment must not leak configuration in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HERALD_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::process::{Served, herald, wait_with_timeout};
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().unwrap();
@@ -120,34 +111,8 @@ fn configuration_errors_name_the_key() {
     assert!(!ok && err.contains("/no/such/herald.toml"), "{err}");
 }
 
-/// A `herald serve` process on an ephemeral port.
-struct Served {
-    child: Child,
-    url: String,
-}
-
+/// What the CLI tests ask of a running hub.
 impl Served {
-    fn start(dir: &std::path::Path) -> Served {
-        let mut child = herald(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            assert!(Instant::now() < deadline, "server did not report its address");
-            let line = lines.next().expect("server log line").unwrap();
-            if let Some(i) = line.find("addr=") {
-                break line[i + 5..].split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Served { child, url: format!("http://{addr}") }
-    }
-
     /// Open subscriptions, from `/stats` (plain HTTP/1.0 over a std socket: no runtime needed).
     fn subscriptions(&self) -> u64 {
         use std::io::Write;
@@ -172,24 +137,6 @@ impl Served {
         let mut cmd = herald(dir);
         cmd.env("HERALD_URL", &self.url);
         cmd
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -239,9 +186,7 @@ fn sigterm_ends_streams_and_exits() {
     let mut server = Served::start(dir.path());
     let mut sub = server.client(dir.path()).args(["subscribe", "s", "--no-reconnect"]).stdout(Stdio::null()).spawn().unwrap();
     server.wait_for_subscriptions(1);
-    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = wait_with_timeout(&mut server.child, Duration::from_secs(10));
+    let exit = server.terminate(Duration::from_secs(10));
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
     // The subscriber saw its stream end and exited on its own.
     assert!(wait_with_timeout(&mut sub, Duration::from_secs(10)).success());

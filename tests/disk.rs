@@ -6,73 +6,17 @@ mod support;
 
 use herald::sse::Item;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::process::{Served as Node, herald};
 use support::{Sse, http};
 
-/// `herald serve` in `dir` (its `./data` is the store), on an ephemeral port.
-struct Node {
-    child: Child,
-    url: String,
-}
-
-fn herald(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-    cmd.current_dir(dir);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HERALD_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-impl Node {
-    fn start(dir: &Path) -> Node {
-        let mut child = herald(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            assert!(Instant::now() < deadline, "server did not report its address");
-            let line = lines.next().expect("the server logs until it listens").unwrap();
-            if let Some(i) = line.find("addr=") {
-                break line[i + 5..].split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, url: format!("http://{addr}") }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// SIGKILL: no shutdown, no last sync.
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        assert!(self.child.wait().unwrap().success(), "clean exit on SIGTERM");
-    }
-
-    async fn publish(&self, path: &str, body: serde_json::Value) -> Vec<String> {
-        let resp = http().post(self.url(path)).json(&body).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-        let answer: serde_json::Value = resp.json().await.unwrap();
-        answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
-    }
+/// One publish request; the ids it was answered with.
+async fn publish(node: &Node, path: &str, body: serde_json::Value) -> Vec<String> {
+    let resp = http().post(node.url(path)).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
 }
 
 fn write_config(dir: &Path, toml: &str) {
@@ -132,12 +76,13 @@ async fn acknowledged_events_survive_kill_9_in_every_fsync_mode() {
             expected.push(t.await.unwrap());
         }
         // One event in two channels: stored under both, one event after the restart.
-        let both = node.publish("/publish", json!({ "channels": ["k0", "k1"], "data": "both", "event": "e" })).await;
+        let both = publish(&node, "/publish", json!({ "channels": ["k0", "k1"], "data": "both", "event": "e" })).await;
         expected[0].push((both[0].clone(), "e".into(), "both".into()));
         expected[1].push((both[0].clone(), "e".into(), "both".into()));
+        let mut node = node;
         node.kill_9();
 
-        let node = Node::start(dir.path());
+        let mut node = Node::start(dir.path());
         for (p, acked) in expected.iter().enumerate() {
             let (got, missed) = replay(&node, &format!("/sse/k{p}?replay=all"), None, acked.len()).await;
             assert!(!missed);
@@ -152,9 +97,9 @@ async fn acknowledged_events_survive_kill_9_in_every_fsync_mode() {
         assert_eq!(merged.iter().filter(|(_, _, d)| d == "both").count(), 1);
         // New ids go on after every id issued before the restart.
         let newest_before: u64 = expected.iter().flatten().filter_map(|(id, _, _)| id.parse().ok()).max().unwrap();
-        let after = node.publish("/sse/k0", json!({ "data": "after" })).await;
+        let after = publish(&node, "/sse/k0", json!({ "data": "after" })).await;
         assert!(after[0].parse::<u64>().unwrap() > newest_before, "fsync = {mode}: ids grow across restarts");
-        node.stop();
+        assert!(node.terminate(Duration::from_secs(10)).success());
     }
 }
 
@@ -168,15 +113,16 @@ async fn retention_by_count_and_age_applies_on_disk() {
     let node = Node::start(dir.path());
     let mut short = Vec::new();
     for i in 0..50 {
-        short.extend(node.publish("/sse/short", json!({ "data": i.to_string() })).await);
+        short.extend(publish(&node, "/sse/short", json!({ "data": i.to_string() })).await);
     }
     for i in 0..3 {
-        node.publish("/sse/aged", json!({ "data": format!("old {i}") })).await;
+        publish(&node, "/sse/aged", json!({ "data": format!("old {i}") })).await;
     }
     // Past the age, and past the store's once-a-second sweep.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let fresh = node.publish("/sse/aged", json!({ "data": "fresh" })).await;
-    node.stop();
+    let fresh = publish(&node, "/sse/aged", json!({ "data": "fresh" })).await;
+    let mut node = node;
+    assert!(node.terminate(Duration::from_secs(10)).success());
 
     // What the store itself holds now.
     {
@@ -206,7 +152,6 @@ async fn retention_by_count_and_age_applies_on_disk() {
     // A client whose id left history is told so.
     let (_, missed) = replay(&node, "/sse/short", Some(&short[10]), 5).await;
     assert!(missed, "resuming from a deleted event gets the missed notice");
-    node.stop();
 }
 
 #[test]
@@ -225,5 +170,5 @@ fn an_unusable_data_directory_stops_startup_and_names_the_key() {
     assert!(!out.status.success(), "a second herald on the same data directory must not start");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("history.dir"), "{err}");
-    node.stop();
+    drop(node);
 }

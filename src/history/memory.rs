@@ -20,15 +20,6 @@ impl HistoryStore for MemoryStore {
         // The window the hub appended to is this store's whole content.
         Box::pin(future::ready(Ok(())))
     }
-
-    fn read_after<'a>(
-        &'a self,
-        _channel: &'a str,
-        _after: u64,
-        _limit: usize,
-    ) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>> {
-        Box::pin(future::ready(Ok(None)))
-    }
 }
 
 /// Bytes held by every channel window together, against `history.max_memory`.

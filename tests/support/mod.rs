@@ -2,6 +2,8 @@
 //! parses streams with Herald's spec-conformant parser.
 #![allow(dead_code)]
 
+pub mod process;
+
 use futures_util::StreamExt;
 use herald::config::Config;
 use herald::hub::Hub;

@@ -80,16 +80,6 @@ impl HistoryStore for DiskStore {
         Box::pin(self.send(|done| Command::Append { events: events.to_vec(), done }))
     }
 
-    fn read_after<'a>(
-        &'a self,
-        _channel: &'a str,
-        _after: u64,
-        _limit: usize,
-    ) -> BoxFuture<'a, Result<Option<Vec<Arc<Event>>>, StoreError>> {
-        // The windows hold what the store holds (start-up fills them), so there is nothing older.
-        Box::pin(futures_util::future::ready(Ok(None)))
-    }
-
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.send(|done| Command::Flush { done }).await?;
