@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod history;

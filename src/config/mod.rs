@@ -53,6 +53,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub limits: Limits,
     pub history: HistoryConfig,
+    pub cluster: ClusterConfig,
     pub cors: CorsConfig,
     /// Declared channels and patterns, first match wins.
     pub channels: Vec<ChannelConfig>,
@@ -132,6 +133,30 @@ pub struct HistoryConfig {
     pub max_memory: ByteSize,
 }
 
+/// Several nodes sharing channels through a bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The bus: `redis://host:port[/db]`. Empty: a single node.
+    pub bus: String,
+    /// The Redis stream every node appends to and reads.
+    pub stream: String,
+    /// Entries the stream keeps (approximately): the cluster's replay window.
+    pub max_len: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { bus: String::new(), stream: "herald:events".into(), max_len: 100_000 }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.bus.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
@@ -178,6 +203,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             history: HistoryConfig::default(),
+            cluster: ClusterConfig::default(),
             cors: CorsConfig::default(),
             channels: Vec::new(),
         }
@@ -246,6 +272,17 @@ impl Config {
         }
         if self.history.fsync == FsyncMode::Interval && self.history.fsync_interval.is_zero() {
             return bad("history.fsync_interval", "must be more than 0s with fsync = \"interval\"".into());
+        }
+        if self.cluster.enabled() {
+            if !(self.cluster.bus.starts_with("redis://") || self.cluster.bus.starts_with("rediss://")) {
+                return bad("cluster.bus", "must be a redis:// URL (or empty for a single node)".into());
+            }
+            if self.cluster.stream.is_empty() {
+                return bad("cluster.stream", "must name the Redis stream".into());
+            }
+            if self.cluster.max_len == 0 {
+                return bad("cluster.max_len", "must be at least 1".into());
+            }
         }
         if self.history.size > MAX_HISTORY_SIZE {
             return bad("history.size", format!("must be at most {MAX_HISTORY_SIZE}"));

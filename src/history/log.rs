@@ -98,6 +98,13 @@ impl ChannelLog {
         self.inner.lock().floor_pos = pos;
     }
 
+    /// Raises the floor to `pos` if it is lower (a cluster node learning where the bus's
+    /// history starts).
+    pub fn raise_floor(&self, pos: u64) {
+        let mut inner = self.inner.lock();
+        inner.floor_pos = inner.floor_pos.max(pos);
+    }
+
     /// Appends an event; returns the bytes that left the log to make room.
     pub fn push(&self, event: Arc<Event>) -> usize {
         let mut inner = self.inner.lock();

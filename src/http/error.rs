@@ -46,6 +46,7 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::Channel(e) => e.into(),
             PublishError::Store(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            PublishError::Bus(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 }

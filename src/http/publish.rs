@@ -230,8 +230,8 @@ async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Pu
                 channels.push(ch);
             }
         }
-        items.push(Publication { channels, frame, custom_id: draft.id });
+        items.push(Publication { channels, frame, custom_id: draft.id, pos: None });
     }
-    let events = hub.publish(items).await?;
-    Ok(Json(Published { ids: events.iter().map(|e| e.wire_id().into_owned()).collect() }))
+    let ids = hub.publish(items).await?;
+    Ok(Json(Published { ids }))
 }

@@ -25,6 +25,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Serves `hub` on `listener` until `shutdown` resolves, then ends every stream, stops
 /// accepting, and waits up to `shutdown_timeout` for connections to close.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    // A cluster node loads what the bus retains before it serves.
+    crate::cluster::start(&hub).await.map_err(std::io::Error::other)?;
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let shared = Arc::new(Shared { app: router(hub.clone()), hyper, shutdown: CancellationToken::new() });

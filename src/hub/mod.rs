@@ -13,6 +13,7 @@ pub use channel::Channel;
 pub use settings::{ChannelSettings, SettingsResolver};
 pub use subscription::{Subscription, SubscriptionOptions};
 
+use crate::cluster::{Bus, BusError, Incoming, Outgoing};
 use crate::config::{Config, StoreKind, pattern};
 use crate::event::Event;
 use crate::history::disk::{self, DiskStore};
@@ -43,6 +44,8 @@ pub struct Publication {
     pub channels: Vec<Arc<Channel>>,
     pub frame: FrameBuilder,
     pub custom_id: Option<String>,
+    /// The position a cluster bus gave it; `None` for the hub to number it.
+    pub pos: Option<u64>,
 }
 
 pub struct Hub {
@@ -64,6 +67,8 @@ pub struct Hub {
     subscriptions: AtomicUsize,
     /// Keep-alive ticks so far (see [`Hub::keepalive_tick`]).
     keepalive_ticks: AtomicU64,
+    /// In cluster mode, the bus every publish goes through.
+    bus: std::sync::OnceLock<Arc<dyn Bus>>,
 }
 
 fn now_micros() -> u64 {
@@ -76,13 +81,16 @@ impl Hub {
     pub fn new(config: Config) -> anyhow::Result<Arc<Hub>> {
         let settings = Arc::new(SettingsResolver::new(&config));
         let (store, recovered): (Arc<dyn HistoryStore>, _) = match config.history.store {
+            // In a cluster, history lives on the bus; the windows are loaded from it.
+            _ if config.cluster.enabled() => (Arc::new(MemoryStore), None),
             StoreKind::Memory => (Arc::new(MemoryStore), None),
             StoreKind::Disk => {
                 let (store, recovered) = DiskStore::open(&config.history, disk::retention_lookup(settings.clone()))?;
                 (Arc::new(store), Some(recovered))
             }
         };
-        let start = now_micros().max(recovered.as_ref().map_or(0, |r| r.newest));
+        // Positions come from the bus in a cluster; alone, from the clock (and the store).
+        let start = if config.cluster.enabled() { 0 } else { now_micros().max(recovered.as_ref().map_or(0, |r| r.newest)) };
         let hub = Hub {
             budget: MemoryBudget::new(config.history.max_memory.as_usize()),
             config: Arc::new(config),
@@ -97,6 +105,7 @@ impl Hub {
             published: AtomicU64::new(0),
             subscriptions: AtomicUsize::new(0),
             keepalive_ticks: AtomicU64::new(0),
+            bus: std::sync::OnceLock::new(),
         };
         {
             let mut map = hub.channels.write();
@@ -174,9 +183,81 @@ impl Hub {
         Ok((ch, t))
     }
 
-    /// Publishes events in order. Each gets the next position; all are in their channels'
-    /// windows before any subscriber is woken, and in the store before this returns.
-    pub async fn publish(&self, mut items: Vec<Publication>) -> Result<Vec<Arc<Event>>, PublishError> {
+    /// Publishes events in order; returns their ids. Alone, each gets the next position, is in
+    /// its channels' windows before any subscriber is woken, and in the store before this
+    /// returns. In a cluster, the events are appended to the bus, and reach the windows (here
+    /// and on every node) when the bus is read back.
+    pub async fn publish(&self, items: Vec<Publication>) -> Result<Vec<String>, PublishError> {
+        if let Some(bus) = self.bus.get() {
+            let outgoing: Vec<Outgoing> = items
+                .into_iter()
+                .map(|item| Outgoing {
+                    channels: item.channels.iter().map(|c| c.name.clone()).collect(),
+                    custom_id: item.custom_id,
+                    partial: item.frame.into_partial(),
+                })
+                .collect();
+            let positions = bus.append(&outgoing).await?;
+            self.published.fetch_add(positions.len() as u64, Ordering::Relaxed);
+            return Ok(outgoing.iter().zip(positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect());
+        }
+        let events = self.publish_local(items).await?;
+        Ok(events.iter().map(|e| e.wire_id().into_owned()).collect())
+    }
+
+    /// Events read from the cluster bus, in bus order: into the windows with the bus's
+    /// positions. An event at or before the newest position applied is a repeat (the bus
+    /// delivers at least once) and is skipped.
+    pub fn apply_from_bus(&self, incoming: Vec<Incoming>) {
+        let mut items = Vec::with_capacity(incoming.len());
+        for ev in incoming {
+            let mut channels = Vec::with_capacity(ev.channels.len());
+            for name in &ev.channels {
+                match self.channel(name) {
+                    Ok(ch) => channels.push(ch),
+                    Err(e) => tracing::warn!(channel = %name, error = %e, "event from the cluster bus not delivered to this channel"),
+                }
+            }
+            if !channels.is_empty() {
+                items.push(Publication {
+                    channels,
+                    frame: FrameBuilder::from_partial(&ev.partial),
+                    custom_id: ev.custom_id,
+                    pos: Some(ev.pos),
+                });
+            }
+        }
+        // The memory store completes at once: nothing to wait for.
+        futures_util::FutureExt::now_or_never(self.publish_local(items));
+    }
+
+    /// In a cluster, what the bus retains starts after `pos`: positions continue from there, and
+    /// a client resuming from before it is told it may have missed events.
+    pub fn begin_history_at(&self, pos: u64) {
+        let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
+        let mut seq = self.seq.lock();
+        if *seq < pos {
+            *seq = pos;
+            self.watermark.store(pos, Ordering::Release);
+        }
+        drop(seq);
+        for ch in channels {
+            ch.log.raise_floor(pos);
+        }
+    }
+
+    pub(crate) fn attach_bus(&self, bus: Arc<dyn Bus>) {
+        if self.bus.set(bus).is_err() {
+            tracing::error!("a cluster bus was attached twice");
+        }
+    }
+
+    /// The cluster bus, if this hub is a cluster node.
+    pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.get()
+    }
+
+    async fn publish_local(&self, mut items: Vec<Publication>) -> Result<Vec<Arc<Event>>, PublishError> {
         let (events, targets) = loop {
             match self.sequence(items) {
                 Ok(done) => break done,
@@ -222,7 +303,11 @@ impl Hub {
         let mut targets = Vec::with_capacity(items.len());
         let mut freed = 0;
         for item in items {
-            let pos = (*seq + 1).max(now_micros());
+            let pos = match item.pos {
+                Some(pos) if pos <= *seq => continue,
+                Some(pos) => pos,
+                None => (*seq + 1).max(now_micros()),
+            };
             *seq = pos;
             let frame = match &item.custom_id {
                 Some(id) => item.frame.finish_with_id(id),
@@ -435,6 +520,8 @@ pub enum PublishError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 #[derive(Debug, serde::Serialize)]

@@ -72,6 +72,19 @@ impl FrameBuilder {
         self.buf.is_empty()
     }
 
+    /// The block so far (everything but the id line), to finish elsewhere: a cluster node sends
+    /// it over the bus, and every node ends it with the id the bus gave.
+    pub fn into_partial(self) -> Bytes {
+        self.buf.freeze()
+    }
+
+    /// A block received as [`into_partial`](Self::into_partial) made it.
+    pub fn from_partial(partial: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(partial.len() + ID_TAIL_RESERVE);
+        buf.put_slice(partial);
+        FrameBuilder { buf }
+    }
+
     /// Ends the block with a numeric id.
     pub fn finish_with_seq(mut self, id: u64) -> Bytes {
         self.buf.put_slice(b"id: ");

@@ -1,0 +1,95 @@
+//! Cluster mode: several Herald nodes sharing channels through a bus.
+//!
+//! Every accepted event is appended to the bus first; every node (the one that took the publish
+//! included) reads the bus in order and feeds the events to its own subscribers, so all nodes
+//! hold the same events in the same order, with the same ids: positions come from the bus (the
+//! entry id), not from the node. History and replay come from the bus too: a node starting up
+//! loads the bus's retained entries into its windows, so any node can replay any channel.
+
+pub mod redis;
+
+use crate::hub::Hub;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// An event on its way to the bus.
+pub struct Outgoing {
+    pub channels: Vec<Arc<str>>,
+    pub custom_id: Option<String>,
+    /// The encoded block without its id line (each node adds the id the bus gave).
+    pub partial: Bytes,
+}
+
+/// An event read from the bus.
+pub struct Incoming {
+    pub pos: u64,
+    pub channels: Vec<String>,
+    pub custom_id: Option<String>,
+    pub partial: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cluster bus ({kind}) unavailable: {message}")]
+pub struct BusError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+pub trait Bus: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    /// Appends events in order; returns the position the bus gave each.
+    fn append<'a>(&'a self, events: &'a [Outgoing]) -> BoxFuture<'a, Result<Vec<u64>, BusError>>;
+
+    fn state(&self) -> &BusState;
+}
+
+/// Whether the node's reader is connected to the bus, for `/healthz` and `/stats`.
+#[derive(Default)]
+pub struct BusState {
+    connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl BusState {
+    pub fn up(&self) {
+        if !self.connected.swap(true, Ordering::AcqRel) {
+            tracing::info!("cluster bus connected");
+        }
+        *self.last_error.lock() = None;
+    }
+
+    pub fn down(&self, error: String) {
+        if self.connected.swap(false, Ordering::AcqRel) {
+            tracing::warn!(%error, "cluster bus lost; reconnecting");
+        }
+        *self.last_error.lock() = Some(error);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+}
+
+/// Connects the hub to its configured bus: loads what the bus retains (waiting at most a few
+/// seconds, so that a node whose bus is down still starts and serves its subscribers), then keeps
+/// reading in the background.
+pub async fn start(hub: &Arc<Hub>) -> anyhow::Result<()> {
+    let config = hub.config().cluster.clone();
+    if !config.enabled() {
+        return Ok(());
+    }
+    let (bus, loaded) = redis::RedisBus::start(hub, &config)?;
+    hub.attach_bus(bus);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), loaded).await.is_err() {
+        tracing::warn!("cluster bus not reachable at start-up: serving, and reconnecting in the background");
+    }
+    Ok(())
+}
