@@ -6,6 +6,7 @@
 //! entry id), not from the node. History and replay come from the bus too: a node starting up
 //! loads the bus's retained entries into its windows, so any node can replay any channel.
 
+pub mod nats;
 pub mod redis;
 
 use crate::hub::Hub;
@@ -86,8 +87,15 @@ pub async fn start(hub: &Arc<Hub>) -> anyhow::Result<()> {
     if !config.enabled() {
         return Ok(());
     }
-    let (bus, loaded) = redis::RedisBus::start(hub, &config)?;
-    hub.attach_bus(bus);
+    let loaded = if config.bus.starts_with("nats://") {
+        let (bus, loaded) = nats::NatsBus::start(hub, &config).await?;
+        hub.attach_bus(bus);
+        loaded
+    } else {
+        let (bus, loaded) = redis::RedisBus::start(hub, &config)?;
+        hub.attach_bus(bus);
+        loaded
+    };
     if tokio::time::timeout(std::time::Duration::from_secs(5), loaded).await.is_err() {
         tracing::warn!("cluster bus not reachable at start-up: serving, and reconnecting in the background");
     }

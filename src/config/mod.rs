@@ -137,17 +137,21 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// The bus: `redis://host:port[/db]`. Empty: a single node.
+    /// The bus: `redis://host:port[/db]` or `nats://host:port`. Empty: a single node.
     pub bus: String,
-    /// The Redis stream every node appends to and reads.
+    /// The stream every node appends to and reads (a Redis Stream key, or a JetStream stream
+    /// name with characters NATS does not allow turned into `_`).
     pub stream: String,
-    /// Entries the stream keeps (approximately): the cluster's replay window.
+    /// Entries the stream keeps (approximately, with Redis): the cluster's replay window.
     pub max_len: usize,
+    /// Age past which the stream drops entries (NATS JetStream only). `0s`: no age limit.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { bus: String::new(), stream: "herald:events".into(), max_len: 100_000 }
+        ClusterConfig { bus: String::new(), stream: "herald:events".into(), max_len: 100_000, max_age: Duration::ZERO }
     }
 }
 
@@ -274,11 +278,15 @@ impl Config {
             return bad("history.fsync_interval", "must be more than 0s with fsync = \"interval\"".into());
         }
         if self.cluster.enabled() {
-            if !(self.cluster.bus.starts_with("redis://") || self.cluster.bus.starts_with("rediss://")) {
-                return bad("cluster.bus", "must be a redis:// URL (or empty for a single node)".into());
+            let redis = self.cluster.bus.starts_with("redis://") || self.cluster.bus.starts_with("rediss://");
+            if !redis && !self.cluster.bus.starts_with("nats://") {
+                return bad("cluster.bus", "must be a redis:// or nats:// URL (or empty for a single node)".into());
+            }
+            if redis && !self.cluster.max_age.is_zero() {
+                return bad("cluster.max_age", "is for NATS JetStream; a Redis stream is capped by cluster.max_len".into());
             }
             if self.cluster.stream.is_empty() {
-                return bad("cluster.stream", "must name the Redis stream".into());
+                return bad("cluster.stream", "must name the stream".into());
             }
             if self.cluster.max_len == 0 {
                 return bad("cluster.max_len", "must be at least 1".into());

@@ -1,0 +1,253 @@
+//! The NATS JetStream bus: one stream whose subjects are one per channel.
+//!
+//! The stream (`cluster.stream`, with characters NATS does not allow in a stream name turned
+//! into `_`) takes the subjects `<stream>.<channel>`, a channel's dots written `%2E` so that a
+//! channel is one subject token, and keeps at most `cluster.max_len` messages and, if set,
+//! `cluster.max_age`. A message carries the encoded block without its id line; its headers carry
+//! the event's channels (`Herald-Channels`, comma-separated: commas never occur in channel names)
+//! and the publisher's id (`Herald-Id`). Positions are the stream sequence numbers, the same on
+//! every node. Each node reads the stream with an ordered consumer, and starts a new one after
+//! the last sequence it applied when the old one fails.
+
+use super::{Bus, BusError, BusState, Incoming, Outgoing};
+use crate::config::ClusterConfig;
+use crate::hub::Hub;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Messages applied to the hub in one go, when that many are waiting.
+const APPLY_BATCH: usize = 1000;
+
+pub struct NatsBus {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subject_prefix: String,
+    state: Arc<BusState>,
+}
+
+/// `cluster.stream` as a JetStream stream name.
+pub fn stream_name(configured: &str) -> String {
+    configured.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn subject(prefix: &str, channel: &str) -> String {
+    format!("{prefix}.{}", channel.replace('.', "%2E"))
+}
+
+impl NatsBus {
+    pub async fn start(hub: &Arc<Hub>, config: &ClusterConfig) -> anyhow::Result<(Arc<NatsBus>, oneshot::Receiver<()>)> {
+        // Connects in the background when the server is not there yet, and reconnects by itself.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(config.bus.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.bus: {e}"))?;
+        let mut js = jetstream::new(client.clone());
+        // A publish that gets no acknowledgement in this time is answered 503.
+        js.set_timeout(Duration::from_secs(2));
+        let name = stream_name(&config.stream);
+        let stream_config = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            max_messages: config.max_len as i64,
+            max_age: config.max_age,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        let state = Arc::new(BusState::default());
+        let bus = Arc::new(NatsBus { js: js.clone(), client, subject_prefix: name, state: state.clone() });
+        let (loaded, on_loaded) = oneshot::channel();
+        let reader = Reader { hub: Arc::downgrade(hub), js, client: bus.client.clone(), stream_config, state };
+        tokio::spawn(reader.run(loaded));
+        Ok((bus, on_loaded))
+    }
+
+    async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
+        let fail = |message: String| BusError { kind: "nats", message };
+        // Send them all, then collect the acknowledgements: one round trip for a batch, and the
+        // stream keeps the order they were sent in.
+        let mut acks = Vec::with_capacity(events.len());
+        for ev in events {
+            let mut headers = async_nats::HeaderMap::new();
+            let channels = ev.channels.iter().map(|c| &**c).collect::<Vec<_>>().join(",");
+            headers.insert("Herald-Channels", channels.as_str());
+            if let Some(id) = &ev.custom_id {
+                headers.insert("Herald-Id", id.as_str());
+            }
+            let first = ev.channels.first().map_or("", |c| &**c);
+            let ack = self
+                .js
+                .publish_with_headers(subject(&self.subject_prefix, first), headers, ev.partial.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            acks.push(ack);
+        }
+        let mut positions = Vec::with_capacity(acks.len());
+        for ack in acks {
+            positions.push(ack.await.map_err(|e| fail(e.to_string()))?.sequence);
+        }
+        Ok(positions)
+    }
+}
+
+impl Bus for NatsBus {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn append<'a>(&'a self, events: &'a [Outgoing]) -> BoxFuture<'a, Result<Vec<u64>, BusError>> {
+        Box::pin(self.append_all(events))
+    }
+
+    fn state(&self) -> &BusState {
+        // The reader keeps it; a lost connection shows here at once.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            self.state.down("not connected to the NATS server".into());
+        }
+        &self.state
+    }
+}
+
+struct Reader {
+    hub: Weak<Hub>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    stream_config: stream::Config,
+    state: Arc<BusState>,
+}
+
+/// How often the reader checks whether the client reconnected meanwhile.
+const RECONNECT_CHECK: Duration = Duration::from_millis(200);
+
+impl Reader {
+    async fn run(self, loaded: oneshot::Sender<()>) {
+        let mut loaded = Some(loaded);
+        // The last sequence applied; `None` until the retained messages are loaded.
+        let mut last: Option<u64> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.hub.upgrade().is_none_or(|hub| hub.is_closing()) {
+                return;
+            }
+            match self.read(&mut last, &mut loaded).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.state.down(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Makes sure the stream exists, loads what it retains (once), then follows it with an
+    /// ordered consumer. `Ok` when the hub is gone.
+    async fn read(&self, last: &mut Option<u64>, loaded: &mut Option<oneshot::Sender<()>>) -> Result<(), String> {
+        let mut stream = self.js.get_or_create_stream(self.stream_config.clone()).await.map_err(|e| e.to_string())?;
+        let info = stream.info().await.map_err(|e| e.to_string())?.state.clone();
+        self.state.up();
+        let start = match *last {
+            Some(seq) => seq + 1,
+            None => {
+                let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+                // Whatever came before the oldest retained message is out of reach.
+                hub.begin_history_at(if info.messages == 0 { info.last_sequence } else { info.first_sequence - 1 });
+                *last = Some(if info.messages == 0 { info.last_sequence } else { info.first_sequence - 1 });
+                if info.messages == 0 {
+                    if let Some(tx) = loaded.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                last.expect("set above") + 1
+            }
+        };
+        let loaded_at = info.last_sequence;
+        // A reconnect means the server may have lost the consumer (a restart): the ordered
+        // consumer would notice only after missed heartbeats, seconds later, so start a new one
+        // after the last sequence applied as soon as the connection count moves.
+        let stats = self.client.statistics();
+        let connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?.ready_chunks(APPLY_BATCH);
+        loop {
+            let batch = tokio::select! {
+                batch = messages.next() => match batch {
+                    Some(batch) => batch,
+                    None => return Err("the ordered consumer ended".into()),
+                },
+                () = tokio::time::sleep(RECONNECT_CHECK) => {
+                    if stats.connects.load(std::sync::atomic::Ordering::Relaxed) != connects {
+                        return Err("reconnected to the NATS server".into());
+                    }
+                    continue;
+                }
+            };
+            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+            if hub.is_closing() {
+                return Ok(());
+            }
+            let mut incoming = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for message in batch {
+                match message {
+                    Ok(m) => match decode(&m) {
+                        Ok(ev) => {
+                            *last = Some(ev.pos);
+                            incoming.push(ev);
+                        }
+                        Err(why) => tracing::warn!(why, "skipping a stream message"),
+                    },
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if !incoming.is_empty() {
+                hub.apply_from_bus(incoming);
+            }
+            if last.is_some_and(|seq| seq >= loaded_at)
+                && let Some(tx) = loaded.take()
+            {
+                let _ = tx.send(());
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn decode(m: &jetstream::Message) -> Result<Incoming, &'static str> {
+    let pos = m.info().map_err(|_| "no stream sequence")?.stream_sequence;
+    let headers = m.headers.as_ref().ok_or("no headers")?;
+    let channels = headers.get("Herald-Channels").ok_or("no channels")?.as_str().split(',').map(str::to_owned).collect();
+    let custom_id = headers.get("Herald-Id").map(|v| v.as_str().to_owned());
+    Ok(Incoming { pos, channels, custom_id, partial: Bytes::copy_from_slice(&m.payload) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_subjects_are_what_nats_accepts() {
+        assert_eq!(stream_name("herald:events"), "herald_events");
+        assert_eq!(stream_name("a.b c"), "a_b_c");
+        assert_eq!(subject("herald_events", "orders/v1.2"), "herald_events.orders/v1%2E2");
+    }
+}

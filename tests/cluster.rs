@@ -1,0 +1,361 @@
+//! Cluster mode, over the local Redis and over the local NATS JetStream: three nodes on
+//! different ports sharing one stream. Needs Redis on 127.0.0.1:6379 and NATS with JetStream on
+//! 127.0.0.1:4222 (`.ci/run` starts them); each test uses a stream of its own. The NATS outage
+//! test runs a private `nats-server` so that it can restart it.
+
+mod support;
+
+use herald::sse::{Item, MessageEvent};
+use serde_json::json;
+use std::time::Duration;
+use support::{Sse, TestServer, http};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// A bus for one test: its URL and a stream of the test's own.
+#[derive(Clone)]
+struct Bus {
+    url: String,
+    stream: String,
+}
+
+/// A Redis stream key of this test's own, after checking that Redis answers.
+async fn redis_bus(test: &str) -> Bus {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("Redis did not answer at {REDIS} within 5s: start it (redis-server --daemonize yes --port 6379)"))
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {REDIS}: {e}. Start it (redis-server --daemonize yes --port 6379)"));
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    // Housekeeping: streams earlier runs left behind (their names end in their creation time).
+    let old: Vec<String> = redis::cmd("KEYS").arg("herald-test:*").query_async(&mut conn).await.unwrap();
+    for key in old.into_iter().filter(|k| stale(k)) {
+        let _: redis::Value = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    }
+    Bus { url: REDIS.into(), stream: format!("herald-test:{test}:{}", nanos()) }
+}
+
+/// A JetStream stream name of this test's own, after checking that NATS answers with JetStream.
+async fn nats_bus(test: &str, url: &str) -> Bus {
+    let client = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("NATS did not answer at {url} within 5s: start it (nats-server -js -p 4222)"))
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {url}: {e}. Start it (nats-server -js -p 4222)"));
+    let stream = format!("herald_test_{test}_{}", nanos());
+    let js = async_nats::jetstream::new(client);
+    // Housekeeping: streams earlier runs left behind (their names end in their creation time).
+    let names: Vec<String> =
+        futures_util::StreamExt::collect::<Vec<_>>(js.stream_names()).await.into_iter().filter_map(Result::ok).collect();
+    for name in names.into_iter().filter(|n| n.starts_with("herald_test_") && stale(n)) {
+        let _ = js.delete_stream(&name).await;
+    }
+    // Creating the test's stream proves JetStream is on (the nodes would create it anyway).
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{stream}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("NATS at {url} has no usable JetStream ({e}): start it with -js"));
+    Bus { url: url.into(), stream }
+}
+
+/// A test stream made more than ten minutes ago.
+fn stale(name: &str) -> bool {
+    let made: u128 = name.rsplit([':', '_']).next().and_then(|n| n.parse().ok()).unwrap_or(u128::MAX);
+    nanos().saturating_sub(made) > 600 * 1_000_000_000
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+async fn node(bus: &Bus) -> TestServer {
+    let bus = bus.clone();
+    TestServer::with(move |c| {
+        c.cluster.bus = bus.url;
+        c.cluster.stream = bus.stream;
+    })
+    .await
+}
+
+async fn publish(node: &TestServer, channel: &str, data: &str) -> reqwest::Response {
+    http().post(node.url(&format!("/sse/{channel}"))).json(&json!({ "data": data })).send().await.unwrap()
+}
+
+async fn publish_ok(node: &TestServer, channel: &str, data: &str) -> String {
+    let resp = publish(node, channel, data).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    resp.json::<serde_json::Value>().await.unwrap()["ids"][0].as_str().unwrap().to_owned()
+}
+
+fn ids(events: &[MessageEvent]) -> Vec<String> {
+    events.iter().map(|e| e.last_event_id.clone()).collect()
+}
+
+async fn an_event_published_on_one_node_reaches_every_node_once_and_in_order(bus: Bus) {
+    let (a, b, c) = (node(&bus).await, node(&bus).await, node(&bus).await);
+    let mut subs = Vec::new();
+    for n in [&a, &b, &c] {
+        subs.push(Sse::open(&n.url("/sse/orders")).await);
+        support::subscribers(n, "orders", 1).await;
+    }
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        // Publishers on every node: one order for all.
+        let on = [&a, &b, &c][i % 3];
+        acked.push(publish_ok(on, "orders", &i.to_string()).await);
+    }
+    for sub in &mut subs {
+        let got = sub.events(60).await;
+        assert_eq!(ids(&got), acked, "same ids, same order, on every node");
+        assert_eq!(got.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), (0..60).map(|i| i.to_string()).collect::<Vec<_>>());
+        sub.expect_no_event(Duration::from_millis(300)).await;
+    }
+    let health: serde_json::Value = http().get(b.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["bus"]["connected"], true, "{health}");
+}
+
+async fn a_client_moving_to_another_node_resumes_exactly(bus: Bus) {
+    let (a, b, c) = (node(&bus).await, node(&bus).await, node(&bus).await);
+    let mut on_b = Sse::open(&b.url("/sse?channel=x&channel=y")).await;
+    support::subscribers(&b, "x", 1).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(publish_ok(&a, if i % 2 == 0 { "x" } else { "y" }, &i.to_string()).await);
+    }
+    let seen = on_b.events(10).await;
+    assert_eq!(ids(&seen), acked[..10]);
+    drop(on_b);
+    for i in 20..30 {
+        acked.push(publish_ok(&a, if i % 2 == 0 { "x" } else { "y" }, &i.to_string()).await);
+    }
+    // On C, from the last id B delivered: exactly the 20 missed, no notice.
+    let last = seen.last().unwrap().last_event_id.clone();
+    let mut on_c = Sse::open_with(&c.url("/sse?channel=x&channel=y"), &[("last-event-id", &last)]).await;
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        if let Item::Event(e) = on_c.next_item().await.unwrap() {
+            assert_ne!(e.event, "missed", "resuming inside the stream's history");
+            got.push(e);
+        }
+    }
+    assert_eq!(ids(&got), acked[10..]);
+    on_c.expect_no_event(Duration::from_millis(300)).await;
+}
+
+async fn a_node_restarted_mid_stream_catches_up(bus: Bus) {
+    let a = node(&bus).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(publish_ok(&a, "news", &i.to_string()).await);
+    }
+    let c = node(&bus).await;
+    c.shutdown().await;
+    for i in 10..30 {
+        acked.push(publish_ok(&a, "news", &i.to_string()).await);
+    }
+    // A new C on the same stream: its history is the stream's.
+    let c = node(&bus).await;
+    let mut sub = Sse::open(&c.url("/sse/news?replay=all")).await;
+    assert_eq!(ids(&sub.events(30).await), acked);
+    let mut resumed = Sse::open_with(&c.url("/sse/news"), &[("last-event-id", &acked[14])]).await;
+    assert_eq!(ids(&resumed.events(15).await), acked[15..]);
+    // And it follows what is published afterwards.
+    let next = publish_ok(&a, "news", "after").await;
+    assert_eq!(sub.next_event().await.last_event_id, next);
+}
+
+/// Publishes 300 events on A while `cut` breaks the bus connection (in the background), then
+/// checks that every acknowledged event reaches B's subscriber, once and in order.
+async fn cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus: Bus, cut: impl Future<Output = ()> + Send + 'static) {
+    let (a, b) = (node(&bus).await, node(&bus).await);
+    let mut sub = Sse::open(&b.url("/sse/cut")).await;
+    support::subscribers(&b, "cut", 1).await;
+    let cutter = tokio::spawn(cut);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    // At least 300 events, and on until the cut is over (so that some are published after it),
+    // but never more than 3,000.
+    let mut i = 0;
+    while (i < 300 || !cutter.is_finished()) && i < 3000 {
+        i += 1;
+        let resp = publish(&a, "cut", &i.to_string()).await;
+        match resp.status().as_u16() {
+            200 => acked.push(resp.json::<serde_json::Value>().await.unwrap()["ids"][0].as_str().unwrap().to_owned()),
+            503 => {
+                let body = resp.text().await.unwrap();
+                assert!(body.contains("cluster bus"), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    assert!(cutter.is_finished(), "the cut was over before publishing stopped");
+    cutter.await.unwrap();
+    assert!(!acked.is_empty());
+    // Every acknowledged event reaches B's subscriber, in order, once. An event refused with 503
+    // may have reached the stream anyway (at least once), so it may be delivered too.
+    let mut got: Vec<String> = Vec::new();
+    let mut pending = acked.iter().peekable();
+    while pending.peek().is_some() {
+        let ev = sub.next_event().await;
+        assert!(!got.contains(&ev.last_event_id), "delivered twice: {}", ev.last_event_id);
+        if pending.peek() == Some(&&ev.last_event_id) {
+            pending.next();
+        }
+        got.push(ev.last_event_id);
+    }
+    let positions: Vec<u64> = got.iter().map(|id| id.parse().unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order");
+    // Both nodes are still serving, and connected again.
+    support::eventually(async || http().get(a.url("/healthz")).send().await.unwrap().status() == 200).await;
+    support::eventually(async || http().get(b.url("/healthz")).send().await.unwrap().status() == 200).await;
+    eprintln!("{} acknowledged, {refused} refused while the bus was cut", acked.len());
+}
+
+async fn an_unreachable_bus_refuses_publishes_and_keeps_subscribers(url: &'static str, kind: &str) {
+    let n = TestServer::with(|c| c.cluster.bus = url.into()).await;
+    let resp = publish(&n, "x", "lost?").await;
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains(&format!("cluster bus ({kind}) unavailable")), "{body}");
+    let health = http().get(n.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["bus"]["connected"], false, "{health}");
+    assert!(health["bus"]["last_error"].is_string(), "{health}");
+    // Subscribers are still served.
+    let mut sub = Sse::open(&n.url("/sse/x")).await;
+    assert_eq!(sub.status, 200);
+    assert_eq!(sub.next_item().await, Some(Item::Comment("connected".into())));
+}
+
+/// A `nats-server` of the test's own (so that it can be restarted), with JetStream on a temporary
+/// directory.
+struct PrivateNats {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, dir.path());
+        PrivateNats { child, port, dir }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nats-server is not installed (Debian package nats-server): the NATS outage test runs one of its own");
+        let child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the private nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port and storage.
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        self.child = Self::spawn(self.port, self.dir.path());
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_refuses_publishes_and_keeps_subscribers() {
+    // Nothing listens on port 1.
+    an_unreachable_bus_refuses_publishes_and_keeps_subscribers("redis://127.0.0.1:1", "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_refuses_publishes_and_keeps_subscribers() {
+    an_unreachable_bus_refuses_publishes_and_keeps_subscribers("nats://127.0.0.1:1", "nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_event_published_on_one_node_reaches_every_node_once_and_in_order() {
+    an_event_published_on_one_node_reaches_every_node_once_and_in_order(redis_bus("fanout").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_event_published_on_one_node_reaches_every_node_once_and_in_order() {
+    an_event_published_on_one_node_reaches_every_node_once_and_in_order(nats_bus("fanout", NATS).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_client_moving_to_another_node_resumes_exactly() {
+    a_client_moving_to_another_node_resumes_exactly(redis_bus("move").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_client_moving_to_another_node_resumes_exactly() {
+    a_client_moving_to_another_node_resumes_exactly(nats_bus("move", NATS).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_node_restarted_mid_stream_catches_up() {
+    a_node_restarted_mid_stream_catches_up(redis_bus("restart").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_node_restarted_mid_stream_catches_up() {
+    a_node_restarted_mid_stream_catches_up(nats_bus("restart", NATS).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_client_kill_while_publishing_loses_no_acknowledged_event() {
+    let bus = redis_bus("cut").await;
+    cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus, async {
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Every client but this one: both nodes' publishing and reading connections.
+            let _: redis::Value = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query_async(&mut conn).await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_restart_while_publishing_loses_no_acknowledged_event() {
+    let server = std::sync::Arc::new(parking_lot::Mutex::new(PrivateNats::start()));
+    let url = server.lock().url();
+    let bus = nats_bus("cut", &url).await;
+    let restarter = server.clone();
+    cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus, async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::task::spawn_blocking(move || restarter.lock().restart()).await.unwrap();
+    })
+    .await;
+}
