@@ -116,6 +116,9 @@ async fn an_event_published_on_one_node_reaches_every_node_once_and_in_order(bus
     }
     let health: serde_json::Value = http().get(b.url("/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["bus"]["connected"], true, "{health}");
+    let stats = b.stats().await;
+    assert!(stats["store"] == "redis" || stats["store"] == "nats", "{stats}");
+    assert_eq!(stats["totals"]["published"], 60, "every node counts every event once");
 }
 
 async fn a_client_moving_to_another_node_resumes_exactly(bus: Bus) {

@@ -22,7 +22,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     let bus_state = bus.state();
     let body = serde_json::json!({
         "status": if bus_state.connected() { "ok" } else { "bus unavailable" },
-        "store": "cluster",
+        "store": bus.kind(),
         "bus": { "kind": bus.kind(), "connected": bus_state.connected(), "last_error": bus_state.last_error() },
     });
     let code = if bus_state.connected() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

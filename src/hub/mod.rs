@@ -197,8 +197,8 @@ impl Hub {
                     partial: item.frame.into_partial(),
                 })
                 .collect();
+            // Counted as published when read back from the bus, like every node's events.
             let positions = bus.append(&outgoing).await?;
-            self.published.fetch_add(positions.len() as u64, Ordering::Relaxed);
             return Ok(outgoing.iter().zip(positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect());
         }
         let events = self.publish_local(items).await?;
@@ -470,7 +470,8 @@ impl Hub {
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
         let mut out = Stats {
             uptime_seconds: self.started.elapsed().as_secs(),
-            store: self.store.kind(),
+            // In a cluster, history is the bus.
+            store: self.bus.get().map_or(self.store.kind(), |bus| bus.kind()),
             totals: Totals {
                 channels: channels.len(),
                 subscriptions: self.subscriptions.load(Ordering::Relaxed),
