@@ -238,6 +238,61 @@ async fn an_unreachable_bus_refuses_publishes_and_keeps_subscribers(url: &'stati
     assert_eq!(sub.next_item().await, Some(Item::Comment("connected".into())));
 }
 
+/// Node B reaches the bus through a relay that is cut while node A publishes more than the
+/// stream keeps (`max_len` 10). When B is back, the entries it never read are gone: its live
+/// stream ends without delivering anything past the gap, and the client, resuming with the last
+/// id it got, is told it missed events, then gets what the stream still holds, in order.
+async fn a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_missed(
+    bus: Bus,
+    upstream: std::net::SocketAddr,
+    scheme: &str,
+    published: usize,
+) {
+    let proxy = support::proxy::Proxy::start(upstream).await;
+    let limited = |url: String, stream: String| {
+        move |c: &mut herald::config::Config| {
+            c.cluster.bus = url;
+            c.cluster.stream = stream;
+            c.cluster.max_len = 10;
+        }
+    };
+    let a = TestServer::with(limited(bus.url.clone(), bus.stream.clone())).await;
+    let b = TestServer::with(limited(format!("{scheme}://127.0.0.1:{}", proxy.port), bus.stream.clone())).await;
+    let mut sub = Sse::open(&b.url("/sse/gap")).await;
+    support::subscribers(&b, "gap", 1).await;
+    let first = publish_ok(&a, "gap", "before").await;
+    assert_eq!(sub.next_event().await.last_event_id, first);
+
+    proxy.cut();
+    support::eventually(async || http().get(b.url("/healthz")).send().await.unwrap().status() == 503).await;
+    let mut acked = Vec::new();
+    for i in 0..published {
+        acked.push(publish_ok(&a, "gap", &i.to_string()).await);
+    }
+    proxy.restore();
+
+    // Nothing from past the gap as if nothing was lost: the stream just ends.
+    while let Some(item) = sub.next_item().await {
+        assert!(!matches!(item, Item::Event(_)), "delivered across the gap: {item:?}");
+    }
+    support::eventually(async || http().get(b.url("/healthz")).send().await.unwrap().status() == 200).await;
+
+    let mut resumed = Sse::open_with(&b.url("/sse/gap"), &[("last-event-id", &first)]).await;
+    let notice = resumed.next_event().await;
+    assert_eq!(notice.event, "missed", "{notice:?}");
+    let notice: serde_json::Value = serde_json::from_str(&notice.data).unwrap();
+    assert_eq!(notice["last_event_id"], first.as_str(), "{notice}");
+    // Then what the stream kept: the newest events, in order, ending with the last one.
+    let mut got = Vec::new();
+    while got.last() != acked.last() {
+        got.push(resumed.next_event().await.last_event_id);
+        assert!(got.len() <= published, "more events than were published");
+    }
+    let kept = &acked[acked.len() - got.len()..];
+    assert_eq!(got, kept, "the newest events, in order");
+    assert!(got.len() < published, "the stream kept them all: nothing was trimmed");
+}
+
 /// A `nats-server` of the test's own (so that it can be restarted), with JetStream on a temporary
 /// directory.
 struct PrivateNats {
@@ -361,4 +416,41 @@ async fn nats_server_restart_while_publishing_loses_no_acknowledged_event() {
         tokio::task::spawn_blocking(move || restarter.lock().restart()).await.unwrap();
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_missed() {
+    let bus = redis_bus("gap").await;
+    // `MAXLEN ~` trims whole stream nodes (100 entries): publish enough for it to trim.
+    a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_missed(bus, "127.0.0.1:6379".parse().unwrap(), "redis", 400)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_missed() {
+    // A stream the nodes make themselves, with their limit of 10 messages.
+    let _ = nats_bus("gap", NATS).await;
+    let bus = Bus { url: NATS.into(), stream: format!("herald_test_gaplimited_{}", nanos()) };
+    a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_missed(bus, "127.0.0.1:4222".parse().unwrap(), "nats", 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_recreated_stream_makes_the_node_refuse_publishes() {
+    let bus = nats_bus("recreated", NATS).await;
+    let a = node(&bus).await;
+    publish_ok(&a, "r", "one").await;
+    publish_ok(&a, "r", "two").await;
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+    js.delete_stream(&bus.stream).await.unwrap();
+    // Its sequences, the cluster's ids, would start over at 1 and be dropped as repeats: the node
+    // says so and refuses publishes instead.
+    support::eventually(async || {
+        let resp = publish(&a, "r", "three").await;
+        resp.status() == 503 && resp.text().await.unwrap().contains("recreated")
+    })
+    .await;
+    let health = http().get(a.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert!(health["bus"]["last_error"].as_str().unwrap().contains("recreated"), "{health}");
 }

@@ -53,10 +53,17 @@ pub trait Bus: Send + Sync + 'static {
 pub struct BusState {
     connected: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// A fault a reconnect cannot mend (the stream's positions went back): the node refuses
+    /// publishes until it is restarted, rather than accept events it would drop.
+    broken: Mutex<Option<String>>,
 }
 
 impl BusState {
     pub fn up(&self) {
+        if let Some(why) = self.broken.lock().clone() {
+            self.down(why);
+            return;
+        }
         if !self.connected.swap(true, Ordering::AcqRel) {
             tracing::info!("cluster bus connected");
         }
@@ -68,6 +75,21 @@ impl BusState {
             tracing::warn!(%error, "cluster bus lost; reconnecting");
         }
         *self.last_error.lock() = Some(error);
+    }
+
+    /// Marks the bus unusable for good (see `broken`).
+    pub fn break_for_good(&self, why: String) {
+        tracing::error!(error = %why, "cluster bus unusable: publishes are refused until this node restarts");
+        *self.broken.lock() = Some(why.clone());
+        self.down(why);
+    }
+
+    /// Refuses a publish when the bus is broken for good.
+    pub fn check_usable(&self, kind: &'static str) -> Result<(), BusError> {
+        match &*self.broken.lock() {
+            Some(why) => Err(BusError { kind, message: why.clone() }),
+            None => Ok(()),
+        }
     }
 
     pub fn connected(&self) -> bool {

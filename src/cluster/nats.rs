@@ -72,6 +72,7 @@ impl NatsBus {
 
     async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
         let fail = |message: String| BusError { kind: "nats", message };
+        self.state.check_usable("nats")?;
         // Send them all, then collect the acknowledgements: one round trip for a batch, and the
         // stream keeps the order they were sent in.
         let mut acks = Vec::with_capacity(events.len());
@@ -126,6 +127,9 @@ struct Reader {
 
 /// How often the reader checks whether the client reconnected meanwhile.
 const RECONNECT_CHECK: Duration = Duration::from_millis(200);
+/// Every this many reconnect checks, it also asks for the stream's state: an ordered consumer
+/// whose stream was deleted keeps retrying quietly, so this is how a deletion shows.
+const STREAM_CHECK_EVERY: u32 = 5;
 
 impl Reader {
     async fn run(self, loaded: oneshot::Sender<()>) {
@@ -137,7 +141,7 @@ impl Reader {
             if self.hub.upgrade().is_none_or(|hub| hub.is_closing()) {
                 return;
             }
-            match self.read(&mut last, &mut loaded).await {
+            match self.read(&mut last, &mut loaded, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.state.down(e);
@@ -150,12 +154,39 @@ impl Reader {
 
     /// Makes sure the stream exists, loads what it retains (once), then follows it with an
     /// ordered consumer. `Ok` when the hub is gone.
-    async fn read(&self, last: &mut Option<u64>, loaded: &mut Option<oneshot::Sender<()>>) -> Result<(), String> {
+    async fn read(&self, last: &mut Option<u64>, loaded: &mut Option<oneshot::Sender<()>>, backoff: &mut Duration) -> Result<(), String> {
         let mut stream = self.js.get_or_create_stream(self.stream_config.clone()).await.map_err(|e| e.to_string())?;
         let info = stream.info().await.map_err(|e| e.to_string())?.state.clone();
-        self.state.up();
         let start = match *last {
-            Some(seq) => seq + 1,
+            Some(seq) if info.last_sequence < seq => {
+                // The stream was deleted and made again: its sequences, which are this
+                // cluster's ids, started over. Events numbered again from 1 would be taken for
+                // repeats and dropped, so refuse publishes instead and say why.
+                self.state.break_for_good(format!(
+                    "the JetStream stream `{}` was recreated (its last sequence is {}, this node had read up to {seq}): \
+                     restart every node",
+                    self.stream_config.name, info.last_sequence
+                ));
+                return Err("the stream was recreated".into());
+            }
+            Some(seq) => {
+                // Back after an outage: messages the stream's limits removed before this node
+                // read them are gone.
+                let first_kept = if info.messages == 0 { info.last_sequence + 1 } else { info.first_sequence };
+                if first_kept > seq + 1 {
+                    let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+                    tracing::warn!(
+                        stream = %self.stream_config.name,
+                        last_read = seq,
+                        first_kept,
+                        "cluster bus: messages were removed from the stream before this node read them; \
+                         live streams end so that their clients resume and are told what they missed"
+                    );
+                    hub.begin_history_at(first_kept - 1);
+                    *last = Some(first_kept - 1);
+                }
+                last.expect("set above") + 1
+            }
             None => {
                 let Some(hub) = self.hub.upgrade() else { return Ok(()) };
                 // Whatever came before the oldest retained message is out of reach.
@@ -183,15 +214,27 @@ impl Reader {
             .await
             .map_err(|e| e.to_string())?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?.ready_chunks(APPLY_BATCH);
+        self.state.up();
+        *backoff = Duration::from_millis(100);
+        let mut checks = tokio::time::interval(RECONNECT_CHECK);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
         loop {
             let batch = tokio::select! {
                 batch = messages.next() => match batch {
                     Some(batch) => batch,
                     None => return Err("the ordered consumer ended".into()),
                 },
-                () = tokio::time::sleep(RECONNECT_CHECK) => {
+                _ = checks.tick() => {
                     if stats.connects.load(std::sync::atomic::Ordering::Relaxed) != connects {
                         return Err("reconnected to the NATS server".into());
+                    }
+                    ticks += 1;
+                    if ticks % STREAM_CHECK_EVERY == 0 {
+                        let info = stream.info().await.map_err(|e| format!("stream `{}`: {e}", self.stream_config.name))?;
+                        if last.is_some_and(|seq| info.state.last_sequence < seq) {
+                            return Err(format!("stream `{}` went back to sequence {}", self.stream_config.name, info.state.last_sequence));
+                        }
                     }
                     continue;
                 }
@@ -206,6 +249,22 @@ impl Reader {
                 match message {
                     Ok(m) => match decode(&m) {
                         Ok(ev) => {
+                            if let Some(prev) = *last
+                                && ev.pos > prev + 1
+                            {
+                                // The ordered consumer came back after the stream's limits
+                                // removed messages this node never read: sequences are
+                                // contiguous, so a jump is a loss.
+                                tracing::warn!(
+                                    stream = %self.stream_config.name,
+                                    last_read = prev,
+                                    next = ev.pos,
+                                    "cluster bus: messages were removed from the stream before this node read them; \
+                                     live streams end so that their clients resume and are told what they missed"
+                                );
+                                hub.apply_from_bus(std::mem::take(&mut incoming));
+                                hub.begin_history_at(ev.pos - 1);
+                            }
                             *last = Some(ev.pos);
                             incoming.push(ev);
                         }

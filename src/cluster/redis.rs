@@ -141,11 +141,7 @@ impl Reader {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
             let result = match self.client.get_multiplexed_async_connection_with_config(&config).await {
-                Ok(mut conn) => {
-                    self.state.up();
-                    backoff = Duration::from_millis(100);
-                    self.read(&mut conn, &mut last, &mut loaded).await
-                }
+                Ok(mut conn) => self.read(&mut conn, &mut last, &mut loaded, &mut backoff).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -160,27 +156,47 @@ impl Reader {
     }
 
     /// Loads what the stream retains (once), then follows it. `Ok` when the hub is gone.
+    /// The bus counts as up, and the backoff starts over, only once a command has succeeded:
+    /// a Redis that takes connections but refuses the commands is still down.
     async fn read(
         &self,
         conn: &mut MultiplexedConnection,
         last: &mut Option<String>,
         loaded: &mut Option<oneshot::Sender<()>>,
+        backoff: &mut Duration,
     ) -> redis::RedisResult<()> {
-        if last.is_none() {
-            let reply: StreamRangeReply = conn.xrevrange_count(&self.stream, "+", "-", self.max_len).await?;
-            let mut entries = reply.ids;
-            entries.reverse();
-            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-            if let Some(first) = entries.first().and_then(|e| position(&e.id)) {
-                // Whatever came before the oldest retained entry is out of reach.
-                hub.begin_history_at(first - 1);
+        match last {
+            None => {
+                let reply: StreamRangeReply = conn.xrevrange_count(&self.stream, "+", "-", self.max_len).await?;
+                let mut entries = reply.ids;
+                entries.reverse();
+                let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+                if let Some(first) = entries.first().and_then(|e| position(&e.id)) {
+                    // Whatever came before the oldest retained entry is out of reach.
+                    hub.begin_history_at(first - 1);
+                }
+                *last = Some(entries.last().map_or_else(|| "0-0".to_owned(), |e| e.id.clone()));
+                apply(&hub, entries);
+                if let Some(tx) = loaded.take() {
+                    let _ = tx.send(());
+                }
             }
-            *last = Some(entries.last().map_or_else(|| "0-0".to_owned(), |e| e.id.clone()));
-            apply(&hub, entries);
-            if let Some(tx) = loaded.take() {
-                let _ = tx.send(());
+            Some(after) => {
+                // Back after an outage: entries trimmed before this node read them are gone.
+                if let Some(floor) = self.trimmed_after(conn, after).await? {
+                    let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+                    tracing::warn!(
+                        stream = %self.stream,
+                        last_read = %after,
+                        "cluster bus: entries were trimmed from the stream before this node read them; \
+                         live streams end so that their clients resume and are told what they missed"
+                    );
+                    hub.begin_history_at(floor);
+                }
             }
         }
+        self.state.up();
+        *backoff = Duration::from_millis(100);
         loop {
             let from = last.clone().expect("set above");
             let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(READ_COUNT);
@@ -195,6 +211,73 @@ impl Reader {
             }
             apply(&hub, entries);
         }
+    }
+}
+
+impl Reader {
+    /// Whether entries after `last` may have been removed before this node read them, and if
+    /// so the position history now starts after: the stream no longer holds `last`, or the
+    /// stream itself is gone.
+    async fn trimmed_after(&self, conn: &mut MultiplexedConnection, last: &str) -> redis::RedisResult<Option<u64>> {
+        let last_pos = position(last).unwrap_or(0);
+        let info: redis::Value = match redis::cmd("XINFO").arg("STREAM").arg(&self.stream).query_async(conn).await {
+            Ok(info) => info,
+            Err(e) if is_no_such_key(&e) && last_pos > 0 => {
+                // No such key: the stream was deleted (or Redis restarted without persistence)
+                // with entries this node may not have read. New entries get ids from Redis's
+                // clock, so history starts just before now.
+                tracing::warn!(stream = %self.stream, error = %e, "cluster bus: the stream is gone");
+                let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+                let ms = secs * 1000 + micros / 1000;
+                return Ok(Some((ms << SEQ_BITS).saturating_sub(1).max(last_pos)));
+            }
+            Err(e) if is_no_such_key(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let field = |name: &str| info_field(&info, name);
+        let id_of = |v: &redis::Value| match v {
+            redis::Value::Array(entry) => entry.first().and_then(value_str).and_then(|id| position(&id)),
+            other => value_str(other).and_then(|id| position(&id)),
+        };
+        let number = |name: &str| match field(name) {
+            Some(redis::Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        if let (Some(added), Some(length)) = (number("entries-added"), number("length"))
+            && added == length
+        {
+            // Nothing was ever removed (Redis 7 counts what was added).
+            return Ok(None);
+        }
+        // Trimming removes the oldest entries first: if the last entry read is still there,
+        // nothing after it was removed. If it is gone, entries after it may be too (Redis does
+        // not say how many were trimmed), so history is taken to start at the oldest entry kept.
+        match field("first-entry") {
+            Some(first @ redis::Value::Array(_)) => Ok(id_of(first).filter(|&f| f > last_pos).map(|f| f - 1)),
+            // Empty: everything was removed; new entries come after the last id generated.
+            _ => Ok(field("last-generated-id").and_then(id_of).filter(|&g| g > last_pos)),
+        }
+    }
+}
+
+fn is_no_such_key(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::Server(_)) && e.to_string().contains("no such key")
+}
+
+/// A field of an `XINFO STREAM` reply (a map in RESP3, name/value pairs in RESP2).
+fn info_field<'a>(info: &'a redis::Value, name: &str) -> Option<&'a redis::Value> {
+    match info {
+        redis::Value::Map(pairs) => pairs.iter().find(|(k, _)| value_str(k).as_deref() == Some(name)).map(|(_, v)| v),
+        redis::Value::Array(items) => items.chunks_exact(2).find(|kv| value_str(&kv[0]).as_deref() == Some(name)).map(|kv| &kv[1]),
+        _ => None,
+    }
+}
+
+fn value_str(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

@@ -265,8 +265,9 @@ impl Config {
         if self.max_channels == 0 {
             return bad("max_channels", "must be at least 1".into());
         }
-        if self.max_channels_per_connection == 0 {
-            return bad("max_channels_per_connection", "must be at least 1".into());
+        // The disk store and the buses record an event's channels with a 16-bit count.
+        if !(1..=65535).contains(&self.max_channels_per_connection) {
+            return bad("max_channels_per_connection", "must be between 1 and 65535".into());
         }
         if !(1..=4096).contains(&self.max_channel_name_length) {
             return bad("max_channel_name_length", "must be between 1 and 4096".into());

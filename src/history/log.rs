@@ -131,12 +131,12 @@ impl ChannelLog {
             Resume::After(pos) => {
                 // Events before the replay start are out of reach just as evicted ones are.
                 let floor = if replay_from == 0 { inner.floor_pos } else { inner.events[replay_from - 1].pos };
-                if pos < floor {
-                    return (replay_seq, Some(Missed::Evicted));
-                }
-                // Positions in a log only grow: binary search.
+                // Positions in a log only grow: binary search. What the client already has is
+                // not sent again, even when events after it are known to be gone (a cluster
+                // node's floor can rise above events it still holds).
                 let first_after = inner.events.partition_point(|e| e.pos <= pos).max(replay_from);
-                (inner.first_seq + first_after as u64, None)
+                let missed = (pos < floor).then_some(Missed::Evicted);
+                (inner.first_seq + first_after as u64, missed)
             }
         }
     }

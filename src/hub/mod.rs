@@ -69,6 +69,11 @@ pub struct Hub {
     keepalive_ticks: AtomicU64,
     /// In cluster mode, the bus every publish goes through.
     bus: std::sync::OnceLock<Arc<dyn Bus>>,
+    /// Bumped when this node's history has a discontinuity it cannot number past (a cluster node
+    /// whose bus trimmed entries it never read, or whose first load came after it began
+    /// serving). Live streams opened before it end, so that their clients reconnect with their
+    /// `Last-Event-ID` and are told what they missed, instead of silently skipping it.
+    history_epoch: AtomicU64,
 }
 
 fn now_micros() -> u64 {
@@ -106,6 +111,7 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
             keepalive_ticks: AtomicU64::new(0),
             bus: std::sync::OnceLock::new(),
+            history_epoch: AtomicU64::new(0),
         };
         {
             let mut map = hub.channels.write();
@@ -231,8 +237,10 @@ impl Hub {
         futures_util::FutureExt::now_or_never(self.publish_local(items));
     }
 
-    /// In a cluster, what the bus retains starts after `pos`: positions continue from there, and
-    /// a client resuming from before it is told it may have missed events.
+    /// In a cluster, what the bus retains starts after `pos` (at the first load, or after a
+    /// reconnect that found entries trimmed before this node read them): positions continue
+    /// from there, a client resuming from before it is told it may have missed events, and live
+    /// streams end so that their clients resume the same way.
     pub fn begin_history_at(&self, pos: u64) {
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
         let mut seq = self.seq.lock();
@@ -240,10 +248,21 @@ impl Hub {
             *seq = pos;
             self.watermark.store(pos, Ordering::Release);
         }
-        drop(seq);
-        for ch in channels {
+        for ch in &channels {
             ch.log.raise_floor(pos);
         }
+        // Bumped after the floors are raised (a stream opened after the bump is told what it
+        // missed) and before any event after the discontinuity is pushed (the caller applies
+        // them next, under this lock), so a stream that reads one of them sees the new epoch.
+        self.history_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(seq);
+        for ch in &channels {
+            ch.wake_all();
+        }
+    }
+
+    pub(crate) fn history_epoch(&self) -> u64 {
+        self.history_epoch.load(Ordering::Acquire)
     }
 
     pub(crate) fn attach_bus(&self, bus: Arc<dyn Bus>) {
@@ -376,6 +395,8 @@ impl Hub {
             }
             return Err(e);
         }
+        // Taken before the starting points: a discontinuity after it ends this stream.
+        let epoch = self.history_epoch();
         let hub_last = self.watermark.load(Ordering::Acquire);
         let resume = match last_event_id {
             Some(id) => channels
@@ -398,7 +419,7 @@ impl Hub {
             .collect();
         let missed_notice = missed.map(|m| missed_notice(m, last_event_id.unwrap_or_default(), &channels));
         let options = SubscriptionOptions::from_config(&self.config);
-        Ok(Subscription::new(self.clone(), waker, channels, starts, missed_notice, options))
+        Ok(Subscription::new(self.clone(), waker, channels, starts, missed_notice, options, epoch))
     }
 
     pub(crate) fn watermark(&self) -> u64 {

@@ -68,6 +68,8 @@ pub struct Subscription {
     wrote_since_tick: bool,
     /// The lag policy asked to end the stream once the buffer is out.
     ending: bool,
+    /// The hub's history epoch when the stream opened (see `Hub::begin_history_at`).
+    epoch: u64,
     finished: bool,
     /// Newest position sent: an event published to several of our channels is sent once.
     last_pos: u64,
@@ -83,6 +85,7 @@ impl Subscription {
         starts: Vec<u64>,
         missed_notice: Option<Bytes>,
         options: SubscriptionOptions,
+        epoch: u64,
     ) -> Self {
         let mut head = BytesMut::with_capacity(64 + missed_notice.as_ref().map_or(0, Bytes::len));
         head.put_slice(b": connected\n");
@@ -107,6 +110,7 @@ impl Subscription {
             tick_seen,
             wrote_since_tick: true,
             ending: false,
+            epoch,
             finished: false,
             last_pos: 0,
             scratch: Vec::new(),
@@ -216,6 +220,13 @@ impl Subscription {
         }
         if !self.ending {
             self.fill();
+        }
+        // Checked after reading: events read past a discontinuity are never sent as if
+        // nothing was lost. The client reconnects with the last id it got.
+        if self.hub.history_epoch() != self.epoch {
+            self.buf.clear();
+            self.finished = true;
+            return Poll::Ready(false);
         }
         if !self.buf.is_empty() {
             self.wrote_since_tick = true;

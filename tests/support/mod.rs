@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod proxy;
 
 use futures_util::StreamExt;
 use herald::config::Config;

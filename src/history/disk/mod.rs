@@ -117,7 +117,14 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
         let event = match by_pos.get(&pos) {
             Some(ev) => ev.clone(),
             None => {
-                let decoded = record::decode(&value).map_err(|e| anyhow::anyhow!("event {pos} of `{channel}`: {e}"))?;
+                // One damaged record costs that event, not the whole store: start anyway.
+                let decoded = match record::decode(&value) {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        tracing::error!(channel, pos, error = e, "history store: skipping an event that cannot be read");
+                        continue;
+                    }
+                };
                 let chans: Box<[Arc<str>]> = decoded.channels.iter().map(|c| intern(c)).collect();
                 let ev = Arc::new(record::into_event(pos, decoded, chans));
                 by_pos.insert(pos, ev.clone());
@@ -134,10 +141,62 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
             *floor = u64::from_be_bytes(v.as_ref().try_into().context("a channel's floor is not 8 bytes")?);
         }
     }
+    // Positions deleted by retention were issued too: a channel whose events all aged out
+    // still keeps the next ids above them, even if the clock went back meanwhile.
+    for guard in floors.iter() {
+        let (_, v) = guard.into_inner().context("read a channel's floor")?;
+        if let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref()) {
+            newest = newest.max(u64::from_be_bytes(bytes));
+        }
+    }
     Ok(Recovered { channels, newest })
 }
 
 /// The retention lookup for the writer: a channel's own settings, else the defaults.
 pub fn retention_lookup(settings: Arc<crate::hub::SettingsResolver>) -> RetentionOf {
     Box::new(move |name: &str| settings.resolve(name).map(|s| s.retention))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn event(pos: u64) -> Arc<Event> {
+        Arc::new(Event {
+            pos,
+            custom_id: None,
+            channels: vec![Arc::from("c")].into(),
+            frame: Bytes::from(format!("id: {pos}\ndata: x\n\n")),
+            published_at: std::time::Instant::now(),
+        })
+    }
+
+    fn open(dir: &std::path::Path) -> (DiskStore, Recovered) {
+        let config = HistoryConfig { dir: dir.to_owned(), ..HistoryConfig::default() };
+        DiskStore::open(&config, Box::new(|_| None)).expect("the store opens")
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_is_skipped_and_floors_keep_ids_above_deleted_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        store.append(&[event(10), event(30)]).await.unwrap();
+        drop(store);
+        {
+            // What a torn or foreign write could leave: a value that does not decode, and the
+            // floor of a channel whose events all aged out, above every stored position.
+            let db = fjall::Database::builder(dir.path()).open().unwrap();
+            let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default).unwrap();
+            let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default).unwrap();
+            events.insert(record::key("c", 20), [9u8, 1, 2]).unwrap();
+            floors.insert("gone", 500u64.to_be_bytes()).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let (_store, recovered) = open(dir.path());
+        let (name, _, events) = &recovered.channels[0];
+        assert_eq!(&**name, "c");
+        assert_eq!(events.iter().map(|e| e.pos).collect::<Vec<_>>(), [10, 30], "the damaged event alone is lost");
+        assert_eq!(recovered.newest, 500, "positions go on above the deleted ones");
+    }
 }
