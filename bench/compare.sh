@@ -107,6 +107,7 @@ for server in herald nchan; do
         run_bench "$server" "1x1000@$rate" fanout --subscribers 1000 --channels 1 --rate "$r" --duration "$DURATION"
     done
     run_bench "$server" "1x1000@max4" fanout --subscribers 1000 --channels 1 --publishers 4 --duration "$DURATION"
+    run_bench "$server" "1x1000@max16" fanout --subscribers 1000 --channels 1 --publishers 16 --duration "$DURATION"
     run_bench "$server" "1000x10@max16" fanout --subscribers 10000 --channels 1000 --publishers 16 --duration "$DURATION"
     run_bench "$server" "1x$BIG@50" fanout --subscribers "$BIG" --channels 1 --rate 50 --duration "$DURATION"
     stop_server
