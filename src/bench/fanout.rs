@@ -2,12 +2,9 @@
 //! they can, and what arrives: rates, publish-to-receive latency, loss, duplicates, order, and
 //! the server's CPU time.
 //!
-//! Subscribers run on one thread (the bench is meant to be pinned to its own core); they share
-//! one read buffer and read `data:` lines where they lie, so the cost per event is a line scan,
-//! two integer parses and a histogram record. Publishers run on a thread of their own on the
-//! same core: on the readers' thread a publisher waited behind a whole round of reads for every
-//! answer, so the load generator, not the server, set the publish rate. Its own thread is woken
-//! by the kernel as soon as an answer arrives.
+//! Everything runs on one thread (the bench is meant to be pinned to its own core). Subscribers
+//! share one read buffer and read `data:` lines where they lie, so the cost per event is a
+//! line scan, two integer parses and a histogram record.
 
 use super::server_proc::{CpuTimes, ServerProc};
 use super::target::{BodyMode, PublishRequest, UrlTemplate, channel_name, read_payload, subscribe_request, write_payload};
@@ -16,8 +13,6 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -125,49 +120,24 @@ impl Seen {
     }
 }
 
-/// State the subscribers share (one thread, so cells are enough).
+/// State every task of the run shares (one thread, so cells are enough).
 struct Run {
     clock: Instant,
     seen: RefCell<Vec<Seen>>,
     delivered: Cell<u64>,
     latency: RefCell<Histogram<u64>>,
     read_buf: RefCell<Vec<u8>>,
+    /// Successful publishes per channel.
+    published: RefCell<Vec<u64>>,
+    publish_errors: Cell<u64>,
+    first_publish_error: RefCell<Option<String>>,
+    /// Publishes still allowed by --events.
+    budget: Cell<u64>,
 }
 
 impl Run {
     fn now_us(&self) -> u64 {
         self.clock.elapsed().as_micros() as u64
-    }
-}
-
-/// State the publishers share, on their own thread, with the rest of the run.
-struct Publishing {
-    /// The same clock as the subscribers', for send stamps.
-    clock: Instant,
-    /// Successful publishes per channel.
-    published: Vec<AtomicU64>,
-    errors: AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
-    /// Publishes still allowed by --events.
-    budget: AtomicU64,
-}
-
-impl Publishing {
-    fn now_us(&self) -> u64 {
-        self.clock.elapsed().as_micros() as u64
-    }
-
-    fn take_budget(&self) -> bool {
-        self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
-    }
-
-    fn note_error(&self, message: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.first_error.lock().expect("not poisoned").get_or_insert(message);
-    }
-
-    fn published(&self) -> Vec<u64> {
-        self.published.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -184,20 +154,16 @@ pub async fn run(
     if args.rate < 0.0 || !args.rate.is_finite() {
         bail!("--rate must be 0 (as fast as possible) or a positive number");
     }
-    let clock = Instant::now();
     let run = Rc::new(Run {
-        clock,
+        clock: Instant::now(),
         seen: RefCell::new((0..args.subscribers).map(|i| Seen { channel: i % args.channels, ..Seen::default() }).collect()),
         delivered: Cell::new(0),
         latency: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).context("histogram")?),
         read_buf: RefCell::new(vec![0; 256 * 1024]),
-    });
-    let publishing = Arc::new(Publishing {
-        clock,
-        published: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
-        errors: AtomicU64::new(0),
-        first_error: std::sync::Mutex::new(None),
-        budget: AtomicU64::new(args.events.unwrap_or(u64::MAX)),
+        published: RefCell::new(vec![0; args.channels]),
+        publish_errors: Cell::new(0),
+        first_publish_error: RefCell::new(None),
+        budget: Cell::new(args.events.unwrap_or(u64::MAX)),
     });
 
     let subscribers = open_subscribers(args, sub_url, &run).await?;
@@ -208,40 +174,24 @@ pub async fn run(
     if publishers > 1000 {
         bail!("--publishers must be at most 1000");
     }
-    let deadline = Instant::now() + args.duration;
-    let (done, publishers_done) = tokio::sync::oneshot::channel();
-    let (shared, url, payload, channels, rate) = (publishing.clone(), pub_url.clone(), args.payload, args.channels, args.rate);
-    std::thread::Builder::new()
-        .name("bench-publishers".into())
-        .spawn(move || {
-            let result = (|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async {
-                    let deadline = tokio::time::Instant::from_std(deadline);
-                    let mut tasks = Vec::with_capacity(publishers);
-                    for k in 0..publishers {
-                        let interval = (rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / rate));
-                        let (shared, url) = (shared.clone(), url.clone());
-                        tasks.push(tokio::task::spawn_local(async move {
-                            publish_loop(&shared, &url, body, k, channels, payload, interval, deadline).await
-                        }));
-                    }
-                    for task in tasks {
-                        task.await.context("publisher task")??;
-                    }
-                    anyhow::Ok(())
-                })
-            })();
-            let _ = done.send(result);
-        })
-        .context("start the publishers' thread")?;
-    publishers_done.await.context("the publishers' thread ended early")??;
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut tasks = Vec::with_capacity(publishers);
+    for k in 0..publishers {
+        let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / args.rate));
+        let (run, url) = (run.clone(), pub_url.clone());
+        let (payload, channels) = (args.payload, args.channels);
+        tasks.push(tokio::task::spawn_local(async move { publish_loop(&run, &url, body, k, channels, payload, interval, deadline).await }));
+    }
+    for task in tasks {
+        task.await.context("publisher task")??;
+    }
     let publish_seconds = started.elapsed().as_secs_f64();
 
     // Everyone should now get what was published to their channel.
-    let published = publishing.published();
-    let expected: u64 = run.seen.borrow().iter().map(|s| published[s.channel]).sum();
+    let expected: u64 = {
+        let published = run.published.borrow();
+        run.seen.borrow().iter().map(|s| published[s.channel]).sum()
+    };
     let drain_until = Instant::now() + args.drain;
     let mut last_count = run.delivered.get();
     let mut last_progress = Instant::now();
@@ -263,15 +213,15 @@ pub async fn run(
         task.abort();
     }
 
-    let published_total: u64 = published.iter().sum();
+    let published_total: u64 = run.published.borrow().iter().sum();
     let seen = run.seen.borrow();
+    let published = run.published.borrow();
     let lost = seen.iter().map(|s| published[s.channel].saturating_sub(s.unique)).sum();
     let delivered = run.delivered.get();
     let hist = run.latency.borrow();
     let ms = |us: u64| us as f64 / 1000.0;
-    let publish_errors = publishing.errors.load(Ordering::Relaxed);
-    if let Some(e) = publishing.first_error.lock().expect("not poisoned").as_ref() {
-        eprintln!("{publish_errors} publishes failed; the first: {e}");
+    if let Some(e) = run.first_publish_error.borrow().as_ref() {
+        eprintln!("{} publishes failed; the first: {e}", run.publish_errors.get());
     }
     Ok(FanoutReport {
         mode: "fanout",
@@ -283,7 +233,7 @@ pub async fn run(
         body,
         publish_seconds,
         published: published_total,
-        publish_errors,
+        publish_errors: run.publish_errors.get(),
         published_per_second: published_total as f64 / publish_seconds,
         expected,
         delivered,
@@ -430,7 +380,7 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
 /// Publisher connection `me`: sends events to every channel in turn until the deadline.
 #[allow(clippy::too_many_arguments)]
 async fn publish_loop(
-    run: &Publishing,
+    run: &Run,
     url: &UrlTemplate,
     body: BodyMode,
     me: usize,
@@ -446,7 +396,7 @@ async fn publish_loop(
     let mut next_due = tokio::time::Instant::now();
     // Publishers start on different channels, so that they spread at once.
     let mut turn = me;
-    while tokio::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline && run.budget.get() > 0 {
         if let Some(every) = interval {
             next_due += every;
             if next_due >= deadline {
@@ -454,9 +404,7 @@ async fn publish_loop(
             }
             tokio::time::sleep_until(next_due).await;
         }
-        if !run.take_budget() {
-            break;
-        }
+        run.budget.set(run.budget.get() - 1);
         let k = turn % channels;
         turn += 1;
         if stream.is_none() {
@@ -469,24 +417,29 @@ async fn publish_loop(
         match exchange(conn, &request, &mut response).await {
             Ok((status, keep)) if (200..300).contains(&status) => {
                 seqs[k] += 1;
-                run.published[k].fetch_add(1, Ordering::Relaxed);
+                run.published.borrow_mut()[k] += 1;
                 if !keep {
                     stream = None;
                 }
             }
             Ok((status, keep)) => {
-                run.note_error(format!("HTTP {status}: {}", String::from_utf8_lossy(&response).trim()));
+                note_error(run, format!("HTTP {status}: {}", String::from_utf8_lossy(&response).trim()));
                 if !keep {
                     stream = None;
                 }
             }
             Err(e) => {
-                run.note_error(format!("{e:#}"));
+                note_error(run, format!("{e:#}"));
                 stream = None;
             }
         }
     }
     Ok(())
+}
+
+fn note_error(run: &Run, message: String) {
+    run.publish_errors.set(run.publish_errors.get() + 1);
+    run.first_publish_error.borrow_mut().get_or_insert(message);
 }
 
 /// Sends one request and reads its answer; `response` ends up holding the body. Returns the
