@@ -3,7 +3,7 @@
 # in one run, each server pinned to one core and the load to the other. Writes
 # docs/benchmarks.md and docs/benchmarks-fanout.svg.
 #
-#   bash bench/compare.sh            # full run, about 6 minutes
+#   bash bench/compare.sh            # full run, about 15 minutes
 #   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
 #
 # Needs root (or sudo) once, to install nginx and Nchan from Debian's packages.
@@ -17,9 +17,9 @@ NCHAN_PORT=${NCHAN_PORT:-18401}
 QUICK=${QUICK:-0}
 OUT_DIR=${OUT_DIR:-docs}
 if [ "$QUICK" = 1 ]; then
-    DURATION=2s; IDLE=2000; RATES="50 max"; BIG=2000
+    DURATION=2s; IDLE=2000; RATES="50 max"; BIG=2000; REPEAT=${REPEAT:-1}
 else
-    DURATION=10s; IDLE=19000; RATES="20 50 100 200 500 max"; BIG=10000
+    DURATION=10s; IDLE=19000; RATES="20 50 100 200 500 max"; BIG=10000; REPEAT=${REPEAT:-3}
 fi
 
 # --- servers ------------------------------------------------------------------------------
@@ -69,6 +69,10 @@ stop_server() {
     if [ -n "$SERVER_PIDS" ]; then
         kill "${SERVER_PIDS%%,*}" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "${SERVER_PIDS%%,*}" 2>/dev/null || break; sleep 0.1; done
+        # Whatever is left (a worker still closing connections) goes now: the next server must
+        # not share the core with it.
+        for pid in ${SERVER_PIDS//,/ }; do kill -9 "$pid" 2>/dev/null || true; done
+        for _ in $(seq 50); do pgrep -f "nginx: worker|herald serve --listen" >/dev/null || break; sleep 0.1; done
         SERVER_PIDS=""
     fi
 }
@@ -106,9 +110,25 @@ for server in herald nchan; do
         r=$rate; [ "$rate" = max ] && r=0
         run_bench "$server" "1x1000@$rate" fanout --subscribers 1000 --channels 1 --rate "$r" --duration "$DURATION"
     done
-    run_bench "$server" "1x1000@max4" fanout --subscribers 1000 --channels 1 --publishers 4 --duration "$DURATION"
-    run_bench "$server" "1x1000@max16" fanout --subscribers 1000 --channels 1 --publishers 16 --duration "$DURATION"
-    run_bench "$server" "1000x10@max16" fanout --subscribers 10000 --channels 1000 --publishers 16 --duration "$DURATION"
+    stop_server
+    # Each saturating workload on a fresh server, so that none starts while the server is still
+    # flushing to (or closing) the previous run's connections, and $REPEAT times: this VM's
+    # figures move by tens of percent from one run to the next, so the report takes medians.
+    for _ in $(seq "$REPEAT"); do
+        "start_$server"
+        run_bench "$server" "1x1000@max1" fanout --subscribers 1000 --channels 1 --publishers 1 --duration "$DURATION"
+        stop_server
+        "start_$server"
+        run_bench "$server" "1x1000@max4" fanout --subscribers 1000 --channels 1 --publishers 4 --duration "$DURATION"
+        stop_server
+        "start_$server"
+        run_bench "$server" "1x1000@max16" fanout --subscribers 1000 --channels 1 --publishers 16 --duration "$DURATION"
+        stop_server
+        "start_$server"
+        run_bench "$server" "1000x10@max16" fanout --subscribers 10000 --channels 1000 --publishers 16 --duration "$DURATION"
+        stop_server
+    done
+    "start_$server"
     run_bench "$server" "1x$BIG@50" fanout --subscribers "$BIG" --channels 1 --rate 50 --duration "$DURATION"
     stop_server
 done
