@@ -46,8 +46,11 @@ cleanup() {
 trap cleanup EXIT
 
 start_herald() {
-    # The memory store, as Nchan keeps its messages in memory; one worker thread.
-    HERALD_HISTORY__STORE=memory taskset -c "$SERVER_CPU" "$HERALD" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
+    # The memory store, as Nchan keeps its messages in memory; one worker thread. Both servers
+    # keep 10,000 events per channel, so that a subscriber the load generator reads late in a
+    # saturating run is not pushed past what history holds (Herald would tell it how many it
+    # skipped; the run would count them as lost).
+    HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000 taskset -c "$SERVER_CPU" "$HERALD" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
         --log-level warn 2>"$WORK/herald.log" &
     SERVER_PIDS=$!
     URLS=(--sub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --pub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --body json)
