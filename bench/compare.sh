@@ -101,6 +101,16 @@ run_bench() {
     printf '{"server":"%s","workload":"%s","command":"%s","report":%s}\n' "$server" "$name" "${cmd[*]}" "$json" >>"$RESULTS/all.jsonl"
 }
 
+# fresh_run <server> <workload name> <fanout args...>: one saturating fan-out run on a server
+# started for it alone.
+fresh_run() {
+    local server=$1 name=$2
+    shift 2
+    "start_$server"
+    run_bench "$server" "$name" fanout "$@" --duration "$DURATION"
+    stop_server
+}
+
 for server in herald nchan; do
     echo "== $server"
     # Idle first, on a fresh server, so that its baseline memory is the server's own.
@@ -118,18 +128,10 @@ for server in herald nchan; do
     # flushing to (or closing) the previous run's connections, and $REPEAT times: this VM's
     # figures move by tens of percent from one run to the next, so the report takes medians.
     for _ in $(seq "$REPEAT"); do
-        "start_$server"
-        run_bench "$server" "1x1000@max1" fanout --subscribers 1000 --channels 1 --publishers 1 --duration "$DURATION"
-        stop_server
-        "start_$server"
-        run_bench "$server" "1x1000@max4" fanout --subscribers 1000 --channels 1 --publishers 4 --duration "$DURATION"
-        stop_server
-        "start_$server"
-        run_bench "$server" "1x1000@max16" fanout --subscribers 1000 --channels 1 --publishers 16 --duration "$DURATION"
-        stop_server
-        "start_$server"
-        run_bench "$server" "1000x10@max16" fanout --subscribers 10000 --channels 1000 --publishers 16 --duration "$DURATION"
-        stop_server
+        fresh_run "$server" "1x1000@max1" --subscribers 1000 --channels 1 --publishers 1
+        fresh_run "$server" "1x1000@max4" --subscribers 1000 --channels 1 --publishers 4
+        fresh_run "$server" "1x1000@max16" --subscribers 1000 --channels 1 --publishers 16
+        fresh_run "$server" "1000x10@max16" --subscribers 10000 --channels 1000 --publishers 16
     done
     "start_$server"
     run_bench "$server" "1x$BIG@50" fanout --subscribers "$BIG" --channels 1 --rate 50 --duration "$DURATION"

@@ -51,14 +51,17 @@ async fn nats_bus(test: &str, url: &str) -> Bus {
     for name in names.into_iter().filter(|n| n.starts_with("herald_test_") && stale(n)) {
         let _ = js.delete_stream(&name).await;
     }
-    // Creating the test's stream proves JetStream is on (the nodes would create it anyway).
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{stream}.>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("NATS at {url} has no usable JetStream ({e}): start it with -js"));
+    // Creating the test's stream proves JetStream is on (the nodes would create it anyway). The
+    // server can refuse a creation that races another test's stream deletion (it removes and
+    // makes the account's directory again), so a refusal is retried a few times.
+    let config =
+        async_nats::jetstream::stream::Config { name: stream.clone(), subjects: vec![format!("{stream}.>")], ..Default::default() };
+    let mut attempts = 0;
+    while let Err(e) = js.get_or_create_stream(config.clone()).await {
+        attempts += 1;
+        assert!(attempts < 5, "NATS at {url} has no usable JetStream ({e}): start it with -js");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Bus { url: url.into(), stream }
 }
 
