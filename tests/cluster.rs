@@ -457,3 +457,19 @@ async fn nats_a_recreated_stream_makes_the_node_refuse_publishes() {
     let health: serde_json::Value = health.json().await.unwrap();
     assert!(health["bus"]["last_error"].as_str().unwrap().contains("recreated"), "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_foreign_message_on_the_stream_is_skipped_without_ending_streams() {
+    let bus = nats_bus("foreign", NATS).await;
+    let a = node(&bus).await;
+    let mut sub = Sse::open(&a.url("/sse/f")).await;
+    support::subscribers(&a, "f", 1).await;
+    let first = publish_ok(&a, "f", "one").await;
+    assert_eq!(sub.next_event().await.last_event_id, first);
+    // Something else publishes on the stream's subjects: not an event, and not a gap either.
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+    js.publish(format!("{}.f", bus.stream), "not an event".into()).await.unwrap().await.unwrap();
+    let next = publish_ok(&a, "f", "two").await;
+    let ev = sub.next_event().await;
+    assert_eq!((ev.last_event_id.as_str(), ev.data.as_str()), (next.as_str(), "two"));
+}

@@ -268,7 +268,13 @@ impl Reader {
                             *last = Some(ev.pos);
                             incoming.push(ev);
                         }
-                        Err(why) => tracing::warn!(why, "skipping a stream message"),
+                        Err(why) => {
+                            tracing::warn!(why, "skipping a stream message");
+                            // Read all the same: the next message is not a gap.
+                            if let Ok(info) = m.info() {
+                                *last = Some(info.stream_sequence);
+                            }
+                        }
                     },
                     Err(e) => {
                         failure = Some(e.to_string());
