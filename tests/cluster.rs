@@ -296,6 +296,29 @@ async fn a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_
     assert!(got.len() < published, "the stream kept them all: nothing was trimmed");
 }
 
+/// `history_ttl` counts from the publish, also for history a node loads from the bus when it
+/// starts: a node started after the events aged out replays none of them.
+async fn history_loaded_from_the_bus_keeps_its_age(bus: Bus) {
+    let with_ttl = |bus: &Bus| {
+        let bus = bus.clone();
+        move |c: &mut herald::config::Config| {
+            c.cluster.bus = bus.url;
+            c.cluster.stream = bus.stream;
+            c.history.ttl = Duration::from_millis(1500);
+        }
+    };
+    let a = TestServer::with(with_ttl(&bus)).await;
+    let old = publish_ok(&a, "aged", "old").await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let fresh = publish_ok(&a, "aged", "fresh").await;
+    // A node started now loads both from the bus; only the fresh one is within the ttl.
+    let b = TestServer::with(with_ttl(&bus)).await;
+    let mut sub = Sse::open(&b.url("/sse/aged?replay=all")).await;
+    let got = sub.next_event().await;
+    assert_eq!(got.last_event_id, fresh, "the event published {old} 1.7s ago is past the 1.5s ttl");
+    sub.expect_no_event(Duration::from_millis(300)).await;
+}
+
 /// A `nats-server` of the test's own (so that it can be restarted), with JetStream on a temporary
 /// directory.
 struct PrivateNats {
@@ -472,4 +495,14 @@ async fn nats_a_foreign_message_on_the_stream_is_skipped_without_ending_streams(
     let next = publish_ok(&a, "f", "two").await;
     let ev = sub.next_event().await;
     assert_eq!((ev.last_event_id.as_str(), ev.data.as_str()), (next.as_str(), "two"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_history_loaded_from_the_bus_keeps_its_age() {
+    history_loaded_from_the_bus_keeps_its_age(redis_bus("aged").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_history_loaded_from_the_bus_keeps_its_age() {
+    history_loaded_from_the_bus_keeps_its_age(nats_bus("aged", NATS).await).await;
 }

@@ -30,6 +30,9 @@ pub struct Incoming {
     pub channels: Vec<String>,
     pub custom_id: Option<String>,
     pub partial: Bytes,
+    /// When the bus took it (µs since the epoch), so that `history_ttl` counts from the publish,
+    /// not from when this node read it (at start-up, long after).
+    pub published_wall_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -298,11 +298,12 @@ impl Reader {
 }
 
 fn decode(m: &jetstream::Message) -> Result<Incoming, &'static str> {
-    let pos = m.info().map_err(|_| "no stream sequence")?.stream_sequence;
+    let info = m.info().map_err(|_| "no stream sequence")?;
+    let (pos, published_wall_us) = (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1000).max(0) as u64);
     let headers = m.headers.as_ref().ok_or("no headers")?;
     let channels = headers.get("Herald-Channels").ok_or("no channels")?.as_str().split(',').map(str::to_owned).collect();
     let custom_id = headers.get("Herald-Id").map(|v| v.as_str().to_owned());
-    Ok(Incoming { pos, channels, custom_id, partial: Bytes::copy_from_slice(&m.payload) })
+    Ok(Incoming { pos, channels, custom_id, partial: Bytes::copy_from_slice(&m.payload), published_wall_us })
 }
 
 #[cfg(test)]

@@ -300,7 +300,9 @@ fn decode(entry: &StreamId) -> Result<Incoming, &'static str> {
     let channels = String::from_utf8(field("c")?.ok_or("no channels")?).map_err(|_| "channels are not UTF-8")?;
     let custom_id = field("i")?.map(String::from_utf8).transpose().map_err(|_| "id is not UTF-8")?;
     let partial = Bytes::from(field("f")?.ok_or("no frame")?);
-    Ok(Incoming { pos, channels: channels.split('\n').map(str::to_owned).collect(), custom_id, partial })
+    // The entry id's first part is Redis's clock, in ms, when it took the entry.
+    let published_wall_us = (pos >> SEQ_BITS) * 1000;
+    Ok(Incoming { pos, channels: channels.split('\n').map(str::to_owned).collect(), custom_id, partial, published_wall_us })
 }
 
 #[cfg(test)]

@@ -230,7 +230,7 @@ async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Pu
                 channels.push(ch);
             }
         }
-        items.push(Publication { channels, frame, custom_id: draft.id, pos: None });
+        items.push(Publication { channels, frame, custom_id: draft.id, pos: None, published_wall_us: None });
     }
     let ids = hub.publish(items).await?;
     Ok(Json(Published { ids }))

@@ -46,6 +46,8 @@ pub struct Publication {
     pub custom_id: Option<String>,
     /// The position a cluster bus gave it; `None` for the hub to number it.
     pub pos: Option<u64>,
+    /// When a cluster bus took it (µs since the epoch); `None` for now.
+    pub published_wall_us: Option<u64>,
 }
 
 pub struct Hub {
@@ -230,6 +232,7 @@ impl Hub {
                     frame: FrameBuilder::from_partial(&ev.partial),
                     custom_id: ev.custom_id,
                     pos: Some(ev.pos),
+                    published_wall_us: Some(ev.published_wall_us),
                 });
             }
         }
@@ -337,7 +340,10 @@ impl Hub {
                 custom_id: item.custom_id.map(String::into_boxed_str),
                 channels: item.channels.iter().map(|c| c.name.clone()).collect(),
                 frame,
-                published_at: now,
+                published_at: item.published_wall_us.map_or(now, |wall| {
+                    let age = Duration::from_micros(now_micros().saturating_sub(wall));
+                    now.checked_sub(age).unwrap_or(now)
+                }),
             });
             for ch in &item.channels {
                 self.budget.add(ev.frame.len());

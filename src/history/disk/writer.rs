@@ -178,9 +178,7 @@ impl Writer {
         }
         let excess = state.count - keep;
         let removed = self.delete_oldest(channel, |_, n| n < excess)?;
-        if let Some(state) = self.channels.get_mut(channel) {
-            state.count -= removed;
-        }
+        self.removed(channel, removed);
         Ok(())
     }
 
@@ -198,11 +196,21 @@ impl Writer {
         for (channel, cutoff) in aged {
             // Positions are µs since the epoch, never earlier than the publish time.
             let removed = self.delete_oldest(&channel, |pos, _| pos < cutoff)?;
-            if let Some(state) = self.channels.get_mut(&channel) {
-                state.count -= removed;
-            }
+            self.removed(&channel, removed);
         }
         Ok(())
+    }
+
+    /// Counts `n` events of `channel` as deleted. A channel left with none is forgotten, so
+    /// that one-off channels (one per user, per order...) do not accumulate here; it comes back
+    /// with its next event. Its floor stays on disk.
+    fn removed(&mut self, channel: &str, n: u64) {
+        if let Some(state) = self.channels.get_mut(channel) {
+            state.count -= n;
+            if state.count == 0 {
+                self.channels.remove(channel);
+            }
+        }
     }
 
     /// Deletes a channel's oldest events while `more(pos, deleted so far)` holds, and records
@@ -228,5 +236,42 @@ impl Writer {
             self.unsynced = true;
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn channels_whose_events_all_aged_out_are_forgotten_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default).unwrap();
+        let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default).unwrap();
+        let retention = Retention { max_events: 10, max_age: Some(Duration::from_millis(1)) };
+        let mut writer = Writer::new(db, events, floors, FsyncMode::Never, Duration::from_secs(1), Box::new(move |_| Some(retention)));
+        // Positions are µs since the epoch; these are long past the 1 ms age.
+        let event = |pos: u64, channel: &str| {
+            Arc::new(Event {
+                pos,
+                custom_id: None,
+                channels: vec![Arc::from(channel)].into(),
+                frame: Bytes::from_static(b"data: x\n\n"),
+                published_at: Instant::now(),
+            })
+        };
+        let append = |writer: &mut Writer, events: Vec<Arc<Event>>| {
+            let (done, _answer) = oneshot::channel();
+            writer.write_group(vec![Command::Append { events, done }]);
+        };
+        append(&mut writer, (1..=1000).map(|i| event(i, &format!("user-{i}"))).collect());
+        assert_eq!(writer.channels.len(), 1000);
+        writer.expire().unwrap();
+        assert!(writer.channels.is_empty(), "every channel's events aged out");
+        assert_eq!(writer.events.iter().count(), 0);
+        append(&mut writer, vec![event(record::now_wall_us(), "user-1")]);
+        assert_eq!(writer.channels["user-1"].count, 1, "a channel comes back with its next event");
     }
 }
