@@ -387,36 +387,6 @@ async fn nats_unreachable_refuses_publishes_and_keeps_subscribers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_an_event_published_on_one_node_reaches_every_node_once_and_in_order() {
-    an_event_published_on_one_node_reaches_every_node_once_and_in_order(redis_bus("fanout").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_an_event_published_on_one_node_reaches_every_node_once_and_in_order() {
-    an_event_published_on_one_node_reaches_every_node_once_and_in_order(nats_bus("fanout", NATS).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_a_client_moving_to_another_node_resumes_exactly() {
-    a_client_moving_to_another_node_resumes_exactly(redis_bus("move").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_a_client_moving_to_another_node_resumes_exactly() {
-    a_client_moving_to_another_node_resumes_exactly(nats_bus("move", NATS).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_a_node_restarted_mid_stream_catches_up() {
-    a_node_restarted_mid_stream_catches_up(redis_bus("restart").await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_a_node_restarted_mid_stream_catches_up() {
-    a_node_restarted_mid_stream_catches_up(nats_bus("restart", NATS).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_client_kill_while_publishing_loses_no_acknowledged_event() {
     let bus = redis_bus("cut").await;
     cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus, async {
@@ -497,12 +467,31 @@ async fn nats_a_foreign_message_on_the_stream_is_skipped_without_ending_streams(
     assert_eq!((ev.last_event_id.as_str(), ev.data.as_str()), (next.as_str(), "two"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_history_loaded_from_the_bus_keeps_its_age() {
-    history_loaded_from_the_bus_keeps_its_age(redis_bus("aged").await).await;
+/// The scenarios that run the same way on both buses: once over Redis, once over NATS.
+macro_rules! on_both_buses {
+    ($($scenario:ident: $tag:literal),* $(,)?) => {
+        mod redis_bus {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::redis_bus($tag).await).await;
+                }
+            )*
+        }
+        mod nats_bus {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::nats_bus($tag, super::NATS).await).await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_history_loaded_from_the_bus_keeps_its_age() {
-    history_loaded_from_the_bus_keeps_its_age(nats_bus("aged", NATS).await).await;
+on_both_buses! {
+    an_event_published_on_one_node_reaches_every_node_once_and_in_order: "fanout",
+    a_client_moving_to_another_node_resumes_exactly: "move",
+    a_node_restarted_mid_stream_catches_up: "restart",
+    history_loaded_from_the_bus_keeps_its_age: "aged",
 }
