@@ -1,7 +1,8 @@
 //! How connections are served: HTTP/1 subscriptions go straight onto the socket (close-delimited,
 //! for HTTP/1.0 as well), an error on the subscribe path leaves the connection usable for the
-//! next request, HTTP/2 subscriptions go through hyper, and bytes a careless client sends after
-//! subscribing change nothing.
+//! next request, HTTP/2 subscriptions go through hyper, bytes a careless client sends after
+//! subscribing change nothing, and HTTP/1.1 publishes are served on the socket too (pipelined,
+//! split, refused, or cut short).
 
 mod support;
 
@@ -128,4 +129,64 @@ async fn http2_subscriptions_go_through_hyper() {
     assert_eq!((event.data.as_str(), event.last_event_id.as_str()), ("over h2", id.as_str()));
     drop(body);
     support::eventually(async || server.stats().await["totals"]["subscriptions"] == 0).await;
+}
+
+fn post(path: &str, body: &str, extra: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len())
+}
+
+#[tokio::test]
+async fn publishes_are_served_on_the_socket_pipelined_split_and_refused_alike() {
+    let server = TestServer::start().await;
+    let mut sub = support::Sse::open(&server.url("/sse/fast")).await;
+    support::subscribers(&server, "fast", 1).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    // Two publishes and a bad one pipelined in one write, then a request that is hyper's.
+    let pipelined = [
+        post("/sse/fast", r#"{"data":"one"}"#, ""),
+        post("/sse/fast", r#"{"data":"two"}"#, ""),
+        post("/sse/fast", r#"{"data":"#, ""),
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+    ]
+    .concat();
+    conn.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut conn, &mut buf, "\"status\":\"ok\"").await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "200", "400", "200"], "{text}");
+    assert_eq!(sub.data(2).await, ["one", "two"]);
+
+    // Hyper had the connection after /healthz; a fresh one for a body that arrives in pieces,
+    // the head first.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let request = post("/sse/fast", r#"{"data":"three"}"#, "");
+    let (head, body) = request.split_at(request.find("\r\n\r\n").unwrap() + 4);
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    conn.write_all(&body.as_bytes()[..5]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    conn.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut conn, &mut buf, "\"ids\"").await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200 OK\r\n"));
+    assert_eq!(sub.data(1).await, ["three"]);
+
+    // Keep-alive goes on after an answer; `Connection: close` ends it after the answer.
+    conn.write_all(post("/sse/fast", r#"{"data":"four"}"#, "Connection: close\r\n").as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut rest)).await.expect("the server closes").unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.contains("connection: close"), "{rest}");
+    assert_eq!(sub.data(1).await, ["four"]);
+
+    // A client that stops in the middle of a body gets nothing published.
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let request = post("/sse/fast", r#"{"data":"never"}"#, "");
+    let cut = request.find("\r\n\r\n").unwrap() + 4 + 5;
+    conn.write_all(&request.as_bytes()[..cut]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(conn);
+    server.publish_data("fast", "after").await;
+    assert_eq!(sub.data(1).await, ["after"], "the cut publish was not delivered");
 }
