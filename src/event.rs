@@ -4,7 +4,7 @@ use crate::sse::encode::{self, EncodeError, FrameBuilder};
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// An event as a publisher describes it, before it has a position.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,4 +65,16 @@ impl Event {
             None => Cow::Owned(self.pos.to_string()),
         }
     }
+}
+
+/// Microseconds since the Unix epoch, now: the clock positions and stored publish times use.
+pub fn now_wall_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `Instant` at which an event published at `wall_us` (µs since the epoch) was published,
+/// so that an event stored or sent on a bus a minute ago is a minute old here too.
+pub fn published_instant(wall_us: u64) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(Duration::from_micros(now_wall_us().saturating_sub(wall_us))).unwrap_or(now)
 }

@@ -169,24 +169,9 @@ impl Reader {
                 ));
                 return Err("the stream was recreated".into());
             }
-            Some(seq) => {
-                // Back after an outage: messages the stream's limits removed before this node
-                // read them are gone.
-                let first_kept = if info.messages == 0 { info.last_sequence + 1 } else { info.first_sequence };
-                if first_kept > seq + 1 {
-                    let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-                    tracing::warn!(
-                        stream = %self.stream_config.name,
-                        last_read = seq,
-                        first_kept,
-                        "cluster bus: messages were removed from the stream before this node read them; \
-                         live streams end so that their clients resume and are told what they missed"
-                    );
-                    hub.begin_history_at(first_kept - 1);
-                    *last = Some(first_kept - 1);
-                }
-                last.expect("set above") + 1
-            }
+            // Back after an outage: messages the stream's limits removed meanwhile show as a
+            // jump in sequence numbers when the consumer delivers the next one (below).
+            Some(seq) => seq + 1,
             None => {
                 let Some(hub) = self.hub.upgrade() else { return Ok(()) };
                 // Whatever came before the oldest retained message is out of reach.

@@ -212,9 +212,7 @@ impl Reader {
             apply(&hub, entries);
         }
     }
-}
 
-impl Reader {
     /// Whether entries after `last` may have been removed before this node read them, and if
     /// so the position history now starts after: the stream no longer holds `last`, or the
     /// stream itself is gone.

@@ -58,21 +58,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
     // Requests served here, one after another on a keep-alive connection, until one is a
     // subscription (the connection is then the stream's) or hyper's to serve.
     loop {
-        let head = tokio::select! {
-            head = read_head(&mut stream, &mut buf) => head,
-            () = tokio::time::sleep(HEADER_READ_TIMEOUT) => return,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let Some(head) = head else { return };
+        let Some(Some(head)) = within_read_timeout(&shared, read_head(&mut stream, &mut buf)).await else { return };
         let (mut request, len, keep_alive) = match head {
             Head::Subscribe { request, len, keep_alive } => (request, len, keep_alive),
             Head::Publish { mut request, len, body_len, keep_alive } => {
-                let complete = tokio::select! {
-                    complete = read_body(&mut stream, &mut buf, len + body_len) => complete,
-                    () = tokio::time::sleep(HEADER_READ_TIMEOUT) => false,
-                    () = shared.shutdown.cancelled() => false,
-                };
-                if !complete {
+                if within_read_timeout(&shared, read_body(&mut stream, &mut buf, len + body_len)).await != Some(true) {
                     return;
                 }
                 *request.body_mut() = axum::body::Body::from(Bytes::copy_from_slice(&buf[len..len + body_len]));
@@ -114,6 +104,16 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
         }
         // What the client sent after this request (pipelining) is the next one.
         buf.drain(..len);
+    }
+}
+
+/// `read`'s outcome, or `None` when the client took longer than [`HEADER_READ_TIMEOUT`] or the
+/// server is shutting down.
+async fn within_read_timeout<T>(shared: &Shared, read: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = read => Some(done),
+        () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
+        () = shared.shutdown.cancelled() => None,
     }
 }
 

@@ -15,7 +15,7 @@ pub use subscription::{Subscription, SubscriptionOptions};
 
 use crate::cluster::{Bus, BusError, Incoming, Outgoing};
 use crate::config::{Config, StoreKind, pattern};
-use crate::event::Event;
+use crate::event::{Event, now_wall_us, published_instant};
 use crate::history::disk::{self, DiskStore};
 use crate::history::{HistoryStore, MemoryBudget, MemoryStore, Missed, Resume, StoreError};
 use crate::sse::FrameBuilder;
@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A channel that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +78,6 @@ pub struct Hub {
     history_epoch: AtomicU64,
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
 impl Hub {
     /// A hub with the store its configuration names; with the disk store, what the store holds
     /// is loaded back into the channels first, and positions go on after the newest stored one.
@@ -97,7 +93,7 @@ impl Hub {
             }
         };
         // Positions come from the bus in a cluster; alone, from the clock (and the store).
-        let start = if config.cluster.enabled() { 0 } else { now_micros().max(recovered.as_ref().map_or(0, |r| r.newest)) };
+        let start = if config.cluster.enabled() { 0 } else { now_wall_us().max(recovered.as_ref().map_or(0, |r| r.newest)) };
         let hub = Hub {
             budget: MemoryBudget::new(config.history.max_memory.as_usize()),
             config: Arc::new(config),
@@ -328,7 +324,7 @@ impl Hub {
             let pos = match item.pos {
                 Some(pos) if pos <= *seq => continue,
                 Some(pos) => pos,
-                None => (*seq + 1).max(now_micros()),
+                None => (*seq + 1).max(now_wall_us()),
             };
             *seq = pos;
             let frame = match &item.custom_id {
@@ -340,10 +336,7 @@ impl Hub {
                 custom_id: item.custom_id.map(String::into_boxed_str),
                 channels: item.channels.iter().map(|c| c.name.clone()).collect(),
                 frame,
-                published_at: item.published_wall_us.map_or(now, |wall| {
-                    let age = Duration::from_micros(now_micros().saturating_sub(wall));
-                    now.checked_sub(age).unwrap_or(now)
-                }),
+                published_at: item.published_wall_us.map_or(now, published_instant),
             });
             for ch in &item.channels {
                 self.budget.add(ev.frame.len());

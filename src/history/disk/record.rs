@@ -10,7 +10,6 @@
 use crate::event::Event;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const VERSION: u8 = 1;
 
@@ -86,13 +85,7 @@ pub fn decode(value: &[u8]) -> Result<Decoded, &'static str> {
 /// The event as the hub holds it. Its age is carried over: an event stored a minute ago is a
 /// minute old now.
 pub fn into_event(pos: u64, d: Decoded, channels: Box<[Arc<str>]>) -> Event {
-    let age = Duration::from_micros(now_wall_us().saturating_sub(d.published_wall_us));
-    let now = Instant::now();
-    Event { pos, custom_id: d.custom_id, channels, frame: d.frame, published_at: now.checked_sub(age).unwrap_or(now) }
-}
-
-pub fn now_wall_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    Event { pos, custom_id: d.custom_id, channels, frame: d.frame, published_at: crate::event::published_instant(d.published_wall_us) }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -121,6 +114,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn keys_sort_by_channel_then_position() {

@@ -114,7 +114,7 @@ impl Writer {
         let mut batch = self.db.batch();
         let mut flush = false;
         let mut touched: Vec<Arc<str>> = Vec::new();
-        let wall = record::now_wall_us();
+        let wall = crate::event::now_wall_us();
         for cmd in &group {
             match cmd {
                 Command::Append { events, .. } => {
@@ -184,7 +184,7 @@ impl Writer {
 
     /// Retention by age, for every channel that has one.
     fn expire(&mut self) -> fjall::Result<()> {
-        let now = record::now_wall_us();
+        let now = crate::event::now_wall_us();
         let aged: Vec<(Arc<str>, u64)> = self
             .channels
             .iter()
@@ -271,7 +271,7 @@ mod tests {
         writer.expire().unwrap();
         assert!(writer.channels.is_empty(), "every channel's events aged out");
         assert_eq!(writer.events.iter().count(), 0);
-        append(&mut writer, vec![event(record::now_wall_us(), "user-1")]);
+        append(&mut writer, vec![event(crate::event::now_wall_us(), "user-1")]);
         assert_eq!(writer.channels["user-1"].count, 1, "a channel comes back with its next event");
     }
 }
