@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Herald and Nchan side by side: the same workloads from `herald bench`, against both servers,
-# in one run, each server pinned to one core and the load to the other. Writes
-# docs/benchmarks.md and docs/benchmarks-fanout.svg.
+# in one run, each server pinned to one core and the load to the other. Beside them, the
+# machine's own floor, measured in the same run: the kernel's cost of one loopback write
+# (bench/kernel_floor.py) and a hub that does nothing but one write per subscriber
+# (bench/floor_hub.py). Writes docs/benchmarks.md and docs/benchmarks-fanout.svg.
 #
-#   bash bench/compare.sh            # full run, about 15 minutes
+#   bash bench/compare.sh            # full run, about 12 minutes
 #   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
 #
 # Needs root (or sudo) once, to install nginx and Nchan from Debian's packages.
@@ -14,6 +16,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 HERALD_PORT=${HERALD_PORT:-18400}
 NCHAN_PORT=${NCHAN_PORT:-18401}
+FLOOR_PORT=${FLOOR_PORT:-18402}
 QUICK=${QUICK:-0}
 OUT_DIR=${OUT_DIR:-docs}
 if [ "$QUICK" = 1 ]; then
@@ -68,6 +71,13 @@ start_nchan() {
     URLS=(--sub-url "http://127.0.0.1:$NCHAN_PORT/sub/{channel}" --pub-url "http://127.0.0.1:$NCHAN_PORT/pub/{channel}" --body raw)
 }
 
+start_floor() {
+    taskset -c "$SERVER_CPU" python3 bench/floor_hub.py "$FLOOR_PORT" 2>"$WORK/floor.log" &
+    SERVER_PIDS=$!
+    URLS=(--sub-url "http://127.0.0.1:$FLOOR_PORT/sub/{channel}" --pub-url "http://127.0.0.1:$FLOOR_PORT/pub/{channel}" --body raw)
+    wait_for_port "$FLOOR_PORT"
+}
+
 stop_server() {
     if [ -n "$SERVER_PIDS" ]; then
         kill "${SERVER_PIDS%%,*}" 2>/dev/null || true
@@ -75,7 +85,7 @@ stop_server() {
         # Whatever is left (a worker still closing connections) goes now: the next server must
         # not share the core with it.
         for pid in ${SERVER_PIDS//,/ }; do kill -9 "$pid" 2>/dev/null || true; done
-        for _ in $(seq 50); do pgrep -f "nginx: worker|herald serve --listen" >/dev/null || break; sleep 0.1; done
+        for _ in $(seq 50); do pgrep -f "nginx: worker|herald serve --listen|floor_hub.py" >/dev/null || break; sleep 0.1; done
         SERVER_PIDS=""
     fi
 }
@@ -111,8 +121,17 @@ fresh_run() {
     stop_server
 }
 
+# kernel_floor: the kernel's cost of one small loopback write, in this run (last line is JSON).
+kernel_floor() {
+    echo "-- kernel floor: python3 bench/kernel_floor.py 1000 200"
+    python3 bench/kernel_floor.py 1000 200 | tee "$WORK/last.txt" | grep -v '^{' || true
+    printf '{"server":"kernel","workload":"floor","command":"python3 bench/kernel_floor.py 1000 200","report":%s}\n' \
+        "$(tail -n 1 "$WORK/last.txt")" >>"$RESULTS/all.jsonl"
+}
+
+kernel_floor
 for server in herald nchan; do
-    echo "== $server"
+    echo "== $server: idle and the rate sweep"
     # Idle first, on a fresh server, so that its baseline memory is the server's own.
     "start_$server"
     run_bench "$server" idle idle --connections "$IDLE" --hold 3s
@@ -124,22 +143,36 @@ for server in herald nchan; do
         run_bench "$server" "1x1000@$rate" fanout --subscribers 1000 --channels 1 --rate "$r" --duration "$DURATION"
     done
     stop_server
-    # Each saturating workload on a fresh server, so that none starts while the server is still
-    # flushing to (or closing) the previous run's connections, and $REPEAT times: this VM's
-    # figures move by tens of percent from one run to the next, so the report takes medians.
-    for _ in $(seq "$REPEAT"); do
+done
+# The workloads the targets are judged on, each on a fresh server (so that none starts while the
+# server is still flushing to, or closing, the previous run's connections), $REPEAT times, the
+# servers taking turns: this VM's figures move by tens of percent from one run to the next, and
+# by up to 2x from one day to the next, so the report takes medians of runs made side by side.
+for rep in $(seq "$REPEAT"); do
+    echo "== round $rep of $REPEAT"
+    for server in herald nchan floor; do
+        fresh_run "$server" "1x1000@50-fresh" --subscribers 1000 --channels 1 --rate 50
+    done
+    for server in herald nchan; do
         fresh_run "$server" "1x1000@max1" --subscribers 1000 --channels 1 --publishers 1
         fresh_run "$server" "1x1000@max4" --subscribers 1000 --channels 1 --publishers 4
         fresh_run "$server" "1x1000@max16" --subscribers 1000 --channels 1 --publishers 16
         fresh_run "$server" "1000x10@max16" --subscribers 10000 --channels 1000 --publishers 16
     done
+done
+for server in herald nchan; do
     "start_$server"
     run_bench "$server" "1x$BIG@50" fanout --subscribers "$BIG" --channels 1 --rate 50 --duration "$DURATION"
     stop_server
 done
+kernel_floor
 
 echo "== writing $OUT_DIR/benchmarks.md"
-python3 bench/report.py "$RESULTS/all.jsonl" "$OUT_DIR" \
+# The raw reports are kept beside the document, so that it can be rebuilt (or checked) from them:
+#   python3 bench/report.py docs/benchmarks.jsonl docs
+mkdir -p "$OUT_DIR"
+cp "$RESULTS/all.jsonl" "$OUT_DIR/benchmarks.jsonl"
+python3 bench/report.py "$OUT_DIR/benchmarks.jsonl" "$OUT_DIR" \
     --herald-version "$("$HERALD" --version) ($(git rev-parse --short HEAD))" \
     --nchan-version "$(dpkg-query -W -f='${Version}' libnginx-mod-nchan) on $(nginx -v 2>&1 | sed 's/.*: //')" \
     --quick "$QUICK"

@@ -10,8 +10,11 @@ sender's system call, so it is part of that figure). No hub can deliver events o
 for less.
 
     taskset is applied here; run:  python3 bench/kernel_floor.py [connections] [rounds]
+
+The last line of the output is the same figures as one JSON object, for bench/compare.sh.
 """
 
+import json
 import os
 import selectors
 import socket
@@ -74,6 +77,9 @@ def main():
     print(f"writer system CPU {system:.2f}s = {system / writes * 1e6:.2f} µs per write "
           f"(user {user:.2f}s = {user / writes * 1e6:.2f} µs, Python's own)")
     print(f"=> at most {writes / system:,.0f} one-write deliveries per CPU-second of kernel time alone")
+    print(json.dumps({"connections": CONNECTIONS, "writes": writes, "bytes": len(MESSAGE),
+                      "system_s": system, "user_s": user,
+                      "us_per_write": system / writes * 1e6, "writes_per_cpu_second": writes / system}))
 
 
 if __name__ == "__main__":
