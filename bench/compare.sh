@@ -5,7 +5,7 @@
 # (bench/kernel_floor.py) and a hub that does nothing but one write per subscriber
 # (bench/floor_hub.py). Writes docs/benchmarks.md and docs/benchmarks-fanout.svg.
 #
-#   bash bench/compare.sh            # full run, about 12 minutes
+#   bash bench/compare.sh            # full run, about 10 minutes once built
 #   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
 #
 # Needs root (or sudo) once, to install nginx and Nchan from Debian's packages.
@@ -18,7 +18,7 @@ HERALD_PORT=${HERALD_PORT:-18400}
 NCHAN_PORT=${NCHAN_PORT:-18401}
 FLOOR_PORT=${FLOOR_PORT:-18402}
 QUICK=${QUICK:-0}
-OUT_DIR=${OUT_DIR:-docs}
+DOCS_DIR=${DOCS_DIR:-docs}
 if [ "$QUICK" = 1 ]; then
     DURATION=2s; IDLE=2000; RATES="50 max"; BIG=2000; REPEAT=${REPEAT:-1}
 else
@@ -167,12 +167,12 @@ for server in herald nchan; do
 done
 kernel_floor
 
-echo "== writing $OUT_DIR/benchmarks.md"
+echo "== writing $DOCS_DIR/benchmarks.md"
 # The raw reports are kept beside the document, so that it can be rebuilt (or checked) from them:
 #   python3 bench/report.py docs/benchmarks.jsonl docs
-mkdir -p "$OUT_DIR"
-cp "$RESULTS/all.jsonl" "$OUT_DIR/benchmarks.jsonl"
-python3 bench/report.py "$OUT_DIR/benchmarks.jsonl" "$OUT_DIR" \
+mkdir -p "$DOCS_DIR"
+cp "$RESULTS/all.jsonl" "$DOCS_DIR/benchmarks.jsonl"
+python3 bench/report.py "$DOCS_DIR/benchmarks.jsonl" "$DOCS_DIR" \
     --herald-version "$("$HERALD" --version) ($(git rev-parse --short HEAD))" \
     --nchan-version "$(dpkg-query -W -f='${Version}' libnginx-mod-nchan) on $(nginx -v 2>&1 | sed 's/.*: //')" \
     --quick "$QUICK"

@@ -14,7 +14,7 @@ one write, and the deliveries per CPU-second that one write each leaves. Python 
 tenths of a microsecond per write and some microseconds per publish, so it is a floor from
 above: a hub written in C could only come slightly closer to the kernel's own cost.
 
-    python3 bench/floor_hub.py PORT
+    python3 bench/floor_hub.py PORT      # PORT 0: any free port; the port is printed on stdout
 """
 
 import selectors
@@ -26,6 +26,7 @@ STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                b"Cache-Control: no-cache\r\n\r\n")
 ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class Conn:
@@ -36,6 +37,20 @@ class Conn:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.channel = None  # set once the connection is an event stream
+
+
+def parse_head(head):
+    """Method, path and body length of a request head; ValueError if it is not one."""
+    lines = head.split(b"\r\n")
+    method, path, _ = lines[0].split(b" ", 2)
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+            if not 0 <= length <= 1 << 20:
+                raise ValueError("content-length out of range")
+    return method, path, length
 
 
 class FloorHub:
@@ -94,13 +109,12 @@ class FloorHub:
             if len(conn.inbuf) > HEAD_LIMIT:
                 self.close(conn)
             return False
-        lines = bytes(conn.inbuf[:end]).split(b"\r\n")
-        method, path, _ = lines[0].split(b" ", 2)
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
+        try:
+            method, path, length = parse_head(bytes(conn.inbuf[:end]))
+        except ValueError:
+            self.send(conn, BAD_REQUEST)
+            self.close(conn)
+            return False
         if len(conn.inbuf) < end + 4 + length:
             return False
         body = bytes(conn.inbuf[end + 4:end + 4 + length])
@@ -159,4 +173,6 @@ class FloorHub:
 
 
 if __name__ == "__main__":
-    FloorHub(int(sys.argv[1]) if len(sys.argv) > 1 else 18402).run()
+    hub = FloorHub(int(sys.argv[1]) if len(sys.argv) > 1 else 18402)
+    print(hub.listener.getsockname()[1], flush=True)
+    hub.run()

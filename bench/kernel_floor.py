@@ -73,6 +73,8 @@ def main():
     writes = CONNECTIONS * ROUNDS
     system = after.system - before.system
     user = after.user - before.user
+    if system <= 0:
+        sys.exit(f"{writes} writes took less system CPU than the clock can show: raise the rounds")
     print(f"{writes} writes of {len(MESSAGE)} bytes over {CONNECTIONS} loopback connections in {wall:.2f}s")
     print(f"writer system CPU {system:.2f}s = {system / writes * 1e6:.2f} µs per write "
           f"(user {user:.2f}s = {user / writes * 1e6:.2f} µs, Python's own)")

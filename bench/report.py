@@ -205,7 +205,7 @@ def targets_section(md, runs, big):
     for w in big:
         r = rep("herald", w)
         if r:
-            rows.append((f"{w.split('@')[0].replace('x', ' × ')} subscribers at 50/s: nothing lost, p99 reported",
+            rows.append((f"1 × {int(w.split('@')[0].split('x')[1]):,} subscribers at 50/s: nothing lost, p99 reported",
                          f"lost {r['lost']}, p99 {fmt_ms(r['latency_ms']['p99'])} ms", lossless(w)))
     if not rows:
         return
