@@ -180,7 +180,9 @@ pub async fn run(
         let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(publishers as f64 / args.rate));
         let (run, url) = (run.clone(), pub_url.clone());
         let (payload, channels) = (args.payload, args.channels);
-        tasks.push(tokio::task::spawn_local(async move { publish_loop(&run, &url, body, k, channels, payload, interval, deadline).await }));
+        tasks.push(tokio::task::spawn_local(async move {
+            publish_loop(&run, &url, body, k, publishers, channels, payload, interval, deadline).await
+        }));
     }
     for task in tasks {
         task.await.context("publisher task")??;
@@ -378,12 +380,21 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
 }
 
 /// Publisher connection `me`: sends events to every channel in turn until the deadline.
+/// Where publisher `me` starts going round the channels. Publishers start evenly spaced, so that
+/// each channel is published to at a steady rate. Starting on neighbouring channels would move
+/// them in step, and every channel would get a burst of one event from each publisher in turn,
+/// which a hub can batch into fewer writes: not what "many channels, few events each" measures.
+fn first_channel(me: usize, publishers: usize, channels: usize) -> usize {
+    me * channels / publishers.max(1)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publish_loop(
     run: &Run,
     url: &UrlTemplate,
     body: BodyMode,
     me: usize,
+    publishers: usize,
     channels: usize,
     payload_size: usize,
     interval: Option<Duration>,
@@ -394,8 +405,7 @@ async fn publish_loop(
     let (mut payload, mut request, mut response) = (Vec::new(), Vec::new(), Vec::new());
     let mut stream: Option<TcpStream> = None;
     let mut next_due = tokio::time::Instant::now();
-    // Publishers start on different channels, so that they spread at once.
-    let mut turn = me;
+    let mut turn = first_channel(me, publishers, channels);
     while tokio::time::Instant::now() < deadline && run.budget.get() > 0 {
         if let Some(every) = interval {
             next_due += every;
@@ -514,5 +524,22 @@ pub fn print_human(r: &FanoutReport) {
             per
         ),
         _ => println!("server CPU: not measured (give --server-pid)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_channel;
+
+    #[test]
+    fn publishers_start_evenly_spaced() {
+        let starts: Vec<usize> = (0..16).map(|me| first_channel(me, 16, 1000)).collect();
+        assert_eq!(&starts[..4], &[0, 62, 125, 187]);
+        // Every gap between neighbours is 62 or 63 channels, and the last wraps to the first.
+        for (a, b) in starts.iter().zip(starts.iter().skip(1).chain([&1000])) {
+            assert!((62..=63).contains(&(b - a)), "{starts:?}");
+        }
+        assert_eq!(first_channel(0, 4, 1), 0);
+        assert_eq!((0..4).map(|me| first_channel(me, 4, 3)).collect::<Vec<_>>(), [0, 0, 1, 2]);
     }
 }
