@@ -162,7 +162,7 @@ async fn floor_hub_kernel_floor_and_report_work_together() {
         "| floor hub | 50/s |",
         "| herald | 50/s |",
         "| 1 × 1,000 at 50 publishes/s: p99 publish-to-receive under 10 ms |",
-        "one-write deliveries per CPU-second in this run",
+        "one-write deliveries per CPU-second over 200 connections in this run",
     ] {
         assert!(page.contains(expected), "`{expected}` missing from the report:\n{page}");
     }
