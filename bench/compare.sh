@@ -130,8 +130,15 @@ kernel_floor() {
         echo "-- kernel floor: python3 bench/kernel_floor.py $args"
         # shellcheck disable=SC2086
         python3 bench/kernel_floor.py $args | tee "$WORK/last.txt" | grep -v '^{' || true
-        printf '{"server":"kernel","workload":"floor","command":"python3 bench/kernel_floor.py %s","report":%s}\n' \
-            "$args" "$(tail -n 1 "$WORK/last.txt")" >>"$RESULTS/all.jsonl"
+        local json
+        json=$(tail -n 1 "$WORK/last.txt")
+        # A failed measurement is reported and left out, rather than breaking the report at the end.
+        if python3 -c 'import json, sys; json.loads(sys.argv[1])' "$json" 2>/dev/null; then
+            printf '{"server":"kernel","workload":"floor","command":"python3 bench/kernel_floor.py %s","report":%s}\n' \
+                "$args" "$json" >>"$RESULTS/all.jsonl"
+        else
+            echo "kernel_floor.py $args failed; this measurement is left out of the report" >&2
+        fi
     done
 }
 

@@ -82,6 +82,9 @@ class FloorHub:
                 sock, _ = self.listener.accept()
             except BlockingIOError:
                 return
+            except OSError as e:  # out of descriptors, or a connection gone before accept
+                print(f"floor_hub: accept: {e}", file=sys.stderr)
+                return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sel.register(sock, selectors.EVENT_READ, Conn(sock))
@@ -107,6 +110,7 @@ class FloorHub:
         end = conn.inbuf.find(b"\r\n\r\n")
         if end < 0:
             if len(conn.inbuf) > HEAD_LIMIT:
+                self.send(conn, BAD_REQUEST)
                 self.close(conn)
             return False
         try:

@@ -54,9 +54,12 @@ def main():
         while got < expected:
             for key, _ in sel.select(timeout=5):
                 try:
-                    got += len(key.fileobj.recv(1 << 16))
+                    data = key.fileobj.recv(1 << 16)
                 except BlockingIOError:
-                    pass
+                    continue
+                if not data:  # the writer is gone: stop rather than wait for bytes never sent
+                    os._exit(1)
+                got += len(data)
         os._exit(0)
     os.sched_setaffinity(0, {WRITER_CPU})
     for c in clients:

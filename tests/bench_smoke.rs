@@ -136,6 +136,14 @@ async fn floor_hub_kernel_floor_and_report_work_together() {
     assert_eq!(kernel["writes"], 10_000, "{kernel}");
     assert!(kernel["us_per_write"].as_f64().unwrap() > 0.0, "{kernel}");
 
+    // A one-second run at 50/s may use less server CPU than /proc's ticks can show, and the
+    // report leaves out ratios it cannot compute: the 1,000 x 10 entries get set CPU figures.
+    let with_cpu = |report: &serde_json::Value, per_cpu_second: f64| {
+        let mut report = report.clone();
+        report["server_cpu"] = serde_json::json!({"user_s": 0.1, "system_s": 0.9});
+        report["delivered_per_server_cpu_second"] = per_cpu_second.into();
+        report
+    };
     let dir = tempfile::tempdir().unwrap();
     let line = |server: &str, workload: &str, report: &serde_json::Value| {
         serde_json::json!({"server": server, "workload": workload, "command": "test", "report": report}).to_string()
@@ -144,8 +152,8 @@ async fn floor_hub_kernel_floor_and_report_work_together() {
         line("kernel", "floor", &kernel),
         line("herald", "1x1000@50-fresh", &herald),
         line("floor", "1x1000@50-fresh", &floor),
-        line("herald", "1000x10@max16", &herald),
-        line("nchan", "1000x10@max16", &floor),
+        line("herald", "1000x10@max16", &with_cpu(&herald, 60_000.0)),
+        line("nchan", "1000x10@max16", &with_cpu(&floor, 40_000.0)),
     ]
     .join("\n");
     let results = dir.path().join("all.jsonl");

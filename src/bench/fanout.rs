@@ -379,7 +379,6 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
     }
 }
 
-/// Publisher connection `me`: sends events to every channel in turn until the deadline.
 /// Where publisher `me` starts going round the channels. Publishers start evenly spaced, so that
 /// each channel is published to at a steady rate. Starting on neighbouring channels would move
 /// them in step, and every channel would get a burst of one event from each publisher in turn,
@@ -388,6 +387,7 @@ fn first_channel(me: usize, publishers: usize, channels: usize) -> usize {
     me * channels / publishers.max(1)
 }
 
+/// Publisher connection `me`: sends events to every channel in turn until the deadline.
 #[allow(clippy::too_many_arguments)]
 async fn publish_loop(
     run: &Run,
