@@ -110,14 +110,12 @@ class FloorHub:
         end = conn.inbuf.find(b"\r\n\r\n")
         if end < 0:
             if len(conn.inbuf) > HEAD_LIMIT:
-                self.send(conn, BAD_REQUEST)
-                self.close(conn)
+                self.refuse(conn, BAD_REQUEST)
             return False
         try:
             method, path, length = parse_head(bytes(conn.inbuf[:end]))
         except ValueError:
-            self.send(conn, BAD_REQUEST)
-            self.close(conn)
+            self.refuse(conn, BAD_REQUEST)
             return False
         if len(conn.inbuf) < end + 4 + length:
             return False
@@ -133,8 +131,7 @@ class FloorHub:
                 self.send(sub, frame)
             self.send(conn, ACCEPTED)
         else:
-            self.send(conn, NOT_FOUND)
-            self.close(conn)
+            self.refuse(conn, NOT_FOUND)
             return False
         return True
 
@@ -163,6 +160,11 @@ class FloorHub:
         del conn.outbuf[:sent]
         if not conn.outbuf:
             self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    def refuse(self, conn, answer):
+        """Answers a request it will not serve, and closes the connection."""
+        self.send(conn, answer)
+        self.close(conn)
 
     def close(self, conn):
         if conn.channel is not None:

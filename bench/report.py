@@ -60,6 +60,12 @@ def median_key(run):
     return p99 if rate else per_cpu
 
 
+def run_range(runs, key):
+    """`lowest–highest` of `key` (`p99` or `per_cpu`) over `runs`, formatted for it."""
+    fmt = fmt_ms if key is p99 else fmt_int
+    return f"{fmt(min(map(key, runs)))}–{fmt(max(map(key, runs)))}"
+
+
 def sweep_rate(workload):
     """`20` or `max` for the rate sweep's workloads (`1x1000@20`), else None."""
     if not workload.startswith("1x1000@"):
@@ -129,17 +135,14 @@ def fanout_section(md, runs, workload, title, intro=None):
     md.append("")
     r = ratio(runs, workload)
     reps = [(s, ALL[(s, workload)]) for s in SERVERS if len(ALL.get((s, workload), [])) > 1]
-    if reps and median_key(reps[0][1][0]) is p99:
-        spread = "; ".join(f"{LABELS[s]} {fmt_ms(min(map(p99, x)))}–{fmt_ms(max(map(p99, x)))} ms" for s, x in reps)
+    if reps:
+        key = median_key(reps[0][1][0])
+        shown, unit = (("the run with the median p99. p99", " ms") if key is p99
+                       else ("the median run. Delivered per server CPU-second", ""))
+        spread = "; ".join(f"{LABELS[s]} {run_range(x, key)}{unit}" for s, x in reps)
         md.append(
             f"Each server ran this {len(reps[0][1])} times, a fresh server each time, the servers taking turns; "
-            f"the table shows the run with the median p99. p99 over the runs: {spread}.\n"
-        )
-    elif reps:
-        spread = "; ".join(f"{LABELS[s]} {fmt_int(min(map(per_cpu, x)))}–{fmt_int(max(map(per_cpu, x)))}" for s, x in reps)
-        md.append(
-            f"Each server ran this {len(reps[0][1])} times, a fresh server each time, the servers taking turns; "
-            f"the table shows the median run. Delivered per server CPU-second over the runs: {spread}.\n"
+            f"the table shows {shown} over the runs: {spread}.\n"
         )
     if r and workload != AT50:
         md.append(f"Herald delivers **{r:.1f}×** Nchan's events per server CPU-second here (medians).\n")
@@ -178,7 +181,7 @@ def targets_section(md, runs, big):
         text = f"{fmt_ms(got)} ms"
         runs_at50 = ALL.get(("herald", at50_name), [])
         if len(runs_at50) > 1:
-            text += f" (median of {len(runs_at50)} runs, {fmt_ms(min(map(p99, runs_at50)))}–{fmt_ms(max(map(p99, runs_at50)))})"
+            text += f" (median of {len(runs_at50)} runs, {run_range(runs_at50, p99)})"
         floor, nchan = rep("floor", at50_name), rep("nchan", at50_name)
         if nchan:
             text += f"; Nchan {fmt_ms(nchan['latency_ms']['p99'])} ms"

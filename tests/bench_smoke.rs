@@ -7,13 +7,19 @@ mod support;
 use std::process::Command;
 use support::TestServer;
 
+/// Runs `command`, which must succeed, and returns the last line it printed, parsed as JSON
+/// (`herald bench` and the tools in `bench/` end their output with one JSON line).
+fn last_json_line(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?} ({e}); the tools in bench/ need python3"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{command:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is JSON ({e}): {last}"))
+}
+
 /// Runs `herald bench <args>` and returns its JSON line.
 fn bench<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald")).arg("bench").args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "herald bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let last = stdout.lines().last().expect("bench printed something");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is JSON ({e}): {last}"))
+    last_json_line(Command::new(env!("CARGO_BIN_EXE_herald")).arg("bench").args(args))
 }
 
 /// A one-second `herald bench fanout` against `sub`/`publish` URL templates, with `shape` giving
@@ -79,16 +85,9 @@ fn refuses_a_remote_target_and_a_template_without_channel() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("{channel}"));
 }
 
-/// Runs one of the Python tools in `bench/` and returns its stdout's last line as JSON.
+/// Runs one of the Python tools in `bench/` and returns its JSON line.
 fn python_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("python3 is needed for the tools in bench/ (install it: apt-get install python3)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python3 {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("last line is JSON ({e}): {stdout}"))
+    last_json_line(Command::new("python3").args(args).current_dir(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The pieces of `bench/compare.sh` that need no Nchan: the floor hub (`bench/floor_hub.py`)

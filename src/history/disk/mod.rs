@@ -136,18 +136,21 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
             _ => channels.push((intern(channel), 0, vec![event])),
         }
     }
-    for (name, floor, _) in &mut channels {
-        if let Some(v) = floors.get(name.as_bytes()).context("read a channel's floor")? {
-            *floor = u64::from_be_bytes(v.as_ref().try_into().context("a channel's floor is not 8 bytes")?);
-        }
-    }
-    // Positions deleted by retention were issued too: a channel whose events all aged out
-    // still keeps the next ids above them, even if the clock went back meanwhile.
+    // One pass over the floors. Positions deleted by retention were issued too: a channel whose
+    // events all aged out still keeps the next ids above them, even if the clock went back.
+    let mut floor_of: HashMap<Vec<u8>, u64> = HashMap::new();
     for guard in floors.iter() {
-        let (_, v) = guard.into_inner().context("read a channel's floor")?;
-        if let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref()) {
-            newest = newest.max(u64::from_be_bytes(bytes));
-        }
+        let (name, v) = guard.into_inner().context("read a channel's floor")?;
+        let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref()) else {
+            tracing::error!(channel = %String::from_utf8_lossy(&name), "history store: skipping a floor that is not 8 bytes");
+            continue;
+        };
+        let floor = u64::from_be_bytes(bytes);
+        newest = newest.max(floor);
+        floor_of.insert(name.to_vec(), floor);
+    }
+    for (name, floor, _) in &mut channels {
+        *floor = floor_of.get(name.as_bytes()).copied().unwrap_or(0);
     }
     Ok(Recovered { channels, newest })
 }
@@ -178,7 +181,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_record_is_skipped_and_floors_keep_ids_above_deleted_positions() {
+    async fn damaged_records_are_skipped_and_floors_keep_ids_above_deleted_positions() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());
         store.append(&[event(10), event(30)]).await.unwrap();
@@ -191,11 +194,14 @@ mod tests {
             let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default).unwrap();
             events.insert(record::key("c", 20), [9u8, 1, 2]).unwrap();
             floors.insert("gone", 500u64.to_be_bytes()).unwrap();
+            floors.insert("c", 5u64.to_be_bytes()).unwrap();
+            floors.insert("torn", [1u8, 2, 3]).unwrap();
             db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let (_store, recovered) = open(dir.path());
-        let (name, _, events) = &recovered.channels[0];
+        let (name, floor, events) = &recovered.channels[0];
         assert_eq!(&**name, "c");
+        assert_eq!(*floor, 5, "a channel keeps its floor; a torn one elsewhere is skipped");
         assert_eq!(events.iter().map(|e| e.pos).collect::<Vec<_>>(), [10, 30], "the damaged event alone is lost");
         assert_eq!(recovered.newest, 500, "positions go on above the deleted ones");
     }
