@@ -211,3 +211,57 @@ async fn global_memory_cap_evicts_the_oldest_events_hub_wide() {
     let mut sse = Sse::open_with(&server.url("/sse/old"), &[("Last-Event-ID", &old_ids[3])]).await;
     assert_eq!(sse.next_event().await.event, "missed");
 }
+
+/// The first item of a stream that is an event, or `None` when nothing arrives within `quiet`.
+async fn first_event_within(sse: &mut Sse, quiet: Duration) -> Option<herald::sse::MessageEvent> {
+    loop {
+        match sse.next_item_within(quiet).await {
+            Ok(Some(herald::sse::Item::Event(ev))) => return Some(ev),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(()) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn resuming_from_0_on_a_fresh_channel_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with(|c| {
+        c.history.store = herald::config::StoreKind::Disk;
+        c.history.dir = dir.path().to_owned();
+    })
+    .await;
+    let mut sse = Sse::open_with(&server.url("/sse/fresh"), &[("Last-Event-ID", "0")]).await;
+    publish_n(&server, "fresh", 0..1).await;
+    let first = first_event_within(&mut sse, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((first.event.as_str(), first.data.as_str()), ("message", "m0"), "no missed notice: nothing was ever evicted");
+}
+
+#[tokio::test]
+async fn a_channel_reclaimed_while_idle_is_no_false_loss() {
+    let server = TestServer::start().await;
+    let ids = publish_n(&server, "aa", 0..1).await;
+    // `bb` is made by this subscription and never holds an event.
+    let sse = Sse::open(&server.url("/sse?channel=aa&channel=bb")).await;
+    support::subscribers(&server, "bb", 1).await;
+    drop(sse);
+    publish_n(&server, "elsewhere", 1..2).await;
+    // The idle sweep reclaims `bb` (no subscriber, no history).
+    support::eventually(async || server.stats().await["channels"].get("bb").is_none()).await;
+    let mut sse = Sse::open_with(&server.url("/sse?channel=aa&channel=bb"), &[("Last-Event-ID", &ids[0])]).await;
+    publish_n(&server, "aa", 2..3).await;
+    let first = first_event_within(&mut sse, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.data, "m2", "no missed notice: bb never lost an event ({first:?})");
+}
+
+#[tokio::test]
+async fn a_channel_reclaimed_after_its_events_expired_still_says_so() {
+    let server = TestServer::with(|c| c.history.ttl = Duration::from_millis(200)).await;
+    let ids = publish_n(&server, "gone", 0..2).await;
+    // Its events expire, then the sweep reclaims it; made again, it remembers its floor.
+    support::eventually(async || server.stats().await["channels"].get("gone").is_none()).await;
+    let mut sse = Sse::open_with(&server.url("/sse/gone"), &[("Last-Event-ID", &ids[0])]).await;
+    let notice = first_event_within(&mut sse, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(notice.event, "missed");
+    assert!(notice.data.contains("\"reason\":\"evicted\""), "{}", notice.data);
+}

@@ -5,7 +5,7 @@
 //! first kept event tells exactly how many events it missed.
 
 use crate::event::Event;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -76,18 +76,18 @@ struct Inner {
     /// Sequence of `events[0]`, which is also the number of events that have left the log.
     first_seq: u64,
     bytes: usize,
-    /// Position of the newest event that left the log, or the hub position when the log was
-    /// created: a client resuming from before it may have missed events.
+    /// Position of the newest event that left the log, or the floor it was created with: a
+    /// client resuming from before it may have missed events.
     floor_pos: u64,
 }
 
 impl ChannelLog {
-    /// A log whose floor is `created_at`, the hub's position when the channel came to be.
-    pub fn new(retention: Retention, created_at: u64) -> Self {
+    /// A log whose floor is `floor`: a client resuming from before it may have missed events.
+    pub fn new(retention: Retention, floor: u64) -> Self {
         ChannelLog {
             retention,
             window: retention.max_events.max(MIN_WINDOW),
-            inner: Mutex::new(Inner { events: VecDeque::new(), first_seq: 0, bytes: 0, floor_pos: created_at }),
+            inner: Mutex::new(Inner { events: VecDeque::new(), first_seq: 0, bytes: 0, floor_pos: floor }),
         }
     }
 
@@ -96,6 +96,11 @@ impl ChannelLog {
     /// missed events.
     pub fn set_floor(&self, pos: u64) {
         self.inner.lock().floor_pos = pos;
+    }
+
+    /// The newest position known to have left history.
+    pub fn floor(&self) -> u64 {
+        self.inner.lock().floor_pos
     }
 
     /// Raises the floor to `pos` if it is lower (a cluster node learning where the bus's
@@ -114,6 +119,20 @@ impl ChannelLog {
         while inner.events.len() > self.window {
             freed += inner.pop_front();
         }
+        freed
+    }
+
+    /// Takes back the event at `pos`, whose store append failed before anyone could see it:
+    /// its slot stays (cursors are indexes) but holds nothing, so it is never delivered, replayed
+    /// or resumed from. Returns the bytes freed.
+    pub fn void(&self, pos: u64) -> usize {
+        let mut inner = self.inner.lock();
+        let i = inner.events.partition_point(|e| e.pos < pos);
+        let Some(ev) = inner.events.get(i).filter(|e| e.pos == pos) else { return 0 };
+        let freed = ev.frame.len();
+        let hole = Arc::new(Event { pos, custom_id: None, channels: Box::new([]), frame: Bytes::new(), published_at: ev.published_at });
+        inner.events[i] = hole;
+        inner.bytes -= freed;
         freed
     }
 
@@ -259,7 +278,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn ev(pos: u64) -> Arc<Event> {
         Arc::new(Event {

@@ -1,9 +1,8 @@
 //! The in-memory store: history is exactly what the channels' windows hold, under one cap on the
 //! bytes of all channels together.
 
-use super::{HistoryStore, StoreError};
+use super::{Durable, HistoryStore, StoreError};
 use crate::event::Event;
-use futures_util::future::{self, BoxFuture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,9 +15,9 @@ impl HistoryStore for MemoryStore {
         "memory"
     }
 
-    fn append<'a>(&'a self, _events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>> {
-        // The window the hub appended to is this store's whole content.
-        Box::pin(future::ready(Ok(())))
+    fn append(&self, _events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
+        // The window the hub appended to is this store's whole content: nothing to wait for.
+        Ok(None)
     }
 }
 

@@ -3,8 +3,9 @@
 //! Every channel has a [`ChannelLog`], an in-memory window of its most recent events that
 //! subscribers read by cursor: live delivery and replay are the same operation, so a reconnect
 //! has neither gap nor duplicate at the seam. A [`HistoryStore`] sits behind the window: it is
-//! told of every accepted event before the publisher gets its answer, and is asked for events
-//! older than the window holds. The memory store keeps nothing beyond the window.
+//! handed every accepted event in position order, and an event is shown to subscribers (and its
+//! publisher answered) only once the store says it is as durable as configured. The memory
+//! store keeps nothing beyond the window and is durable at once.
 
 pub mod disk;
 pub mod log;
@@ -22,9 +23,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Name shown in stats and logs.
     fn kind(&self) -> &'static str;
 
-    /// Records accepted events (each names its channels), oldest first. The publisher is
-    /// answered only after this completes, so a durable store completes once they are durable.
-    fn append<'a>(&'a self, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Records accepted events (each names its channels), oldest first. Called under the hub's
+    /// sequencing lock, so it must not block: it queues the events (the store then writes them in
+    /// the order of these calls) and returns what resolves once they are durable, or `None` when
+    /// they already are. Subscribers see the events, and the publisher gets its answer, only
+    /// after that.
+    fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError>;
 
     /// Events of `channel` after position `after` that are older than the window, oldest first,
     /// at most `limit`. `None` (what both stores answer: the windows hold all they keep) means the
@@ -39,6 +43,9 @@ pub trait HistoryStore: Send + Sync + 'static {
         Box::pin(futures_util::future::ready(Ok(())))
     }
 }
+
+/// Resolves once appended events are durable (or could not be made so).
+pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("history store: {0}")]

@@ -24,8 +24,8 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(name: Arc<str>, settings: Arc<ChannelSettings>, declared: bool, created_at: u64) -> Self {
-        let log = ChannelLog::new(settings.retention, created_at);
+    pub fn new(name: Arc<str>, settings: Arc<ChannelSettings>, declared: bool, floor: u64) -> Self {
+        let log = ChannelLog::new(settings.retention, floor);
         Channel {
             name,
             settings,

@@ -6,8 +6,10 @@
 //! subscription to several channels merges them in that one order.
 
 mod channel;
+mod floors;
 mod settings;
 mod subscription;
+mod visibility;
 
 pub use channel::Channel;
 pub use settings::{ChannelSettings, SettingsResolver};
@@ -16,15 +18,17 @@ pub use subscription::{Subscription, SubscriptionOptions};
 use crate::cluster::{Bus, BusError, Incoming, Outgoing};
 use crate::config::{Config, StoreKind, pattern};
 use crate::event::{Event, now_wall_us, published_instant};
-use crate::history::disk::{self, DiskStore};
+use crate::history::disk::{self, DiskStore, Recovered};
 use crate::history::{HistoryStore, MemoryBudget, MemoryStore, Missed, Resume, StoreError};
 use crate::sse::FrameBuilder;
+use floors::Floors;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use visibility::{Settling, Targets, Visibility, wake_targets};
 
 /// A channel that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +58,16 @@ pub struct Hub {
     config: Arc<Config>,
     settings: Arc<SettingsResolver>,
     channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
+    /// Where channels made on first use start their floor (see `floors.rs`).
+    floors: Floors,
     /// The newest position issued. Positions are microseconds since the Unix epoch, bumped by
     /// one when two events fall in the same microsecond, so they keep growing across restarts.
     seq: Mutex<u64>,
-    /// The newest position whose event is in every window it belongs to. Subscriptions to
-    /// several channels deliver nothing past it, so that they never deliver out of order.
-    watermark: AtomicU64,
+    /// The newest position subscribers may read: every event up to it is in all its windows
+    /// and as durable as the store promises (see `visibility.rs`).
+    visibility: Arc<Visibility>,
     store: Arc<dyn HistoryStore>,
-    budget: MemoryBudget,
+    budget: Arc<MemoryBudget>,
     evicting: Mutex<()>,
     closing: AtomicBool,
     started: Instant,
@@ -92,15 +98,35 @@ impl Hub {
                 (Arc::new(store), Some(recovered))
             }
         };
+        Ok(Self::assemble(config, settings, store, recovered))
+    }
+
+    /// A hub over a store the caller made (a test's store that fails on demand, say).
+    pub fn with_store(config: Config, store: Arc<dyn HistoryStore>) -> Arc<Hub> {
+        let settings = Arc::new(SettingsResolver::new(&config));
+        Self::assemble(config, settings, store, None)
+    }
+
+    fn assemble(config: Config, settings: Arc<SettingsResolver>, store: Arc<dyn HistoryStore>, recovered: Option<Recovered>) -> Arc<Hub> {
         // Positions come from the bus in a cluster; alone, from the clock (and the store).
         let start = if config.cluster.enabled() { 0 } else { now_wall_us().max(recovered.as_ref().map_or(0, |r| r.newest)) };
+        let budget = Arc::new(MemoryBudget::new(config.history.max_memory.as_usize()));
+        // What happened before this process started is known from the disk store (every floor)
+        // or from the bus (which says where its history begins); a memory store knows nothing.
+        let base_floor = if recovered.is_some() || config.cluster.enabled() { 0 } else { start };
+        let floors = Floors::new(base_floor, config.max_channels);
+        let (recovered_channels, dormant) = recovered.map(|r| (r.channels, r.dormant)).unwrap_or_default();
+        for (name, floor) in dormant {
+            floors.departed(name, floor);
+        }
         let hub = Hub {
-            budget: MemoryBudget::new(config.history.max_memory.as_usize()),
+            floors,
+            visibility: Arc::new(Visibility::new(start, budget.clone())),
+            budget,
             config: Arc::new(config),
             settings,
             channels: RwLock::new(HashMap::new()),
             seq: Mutex::new(start),
-            watermark: AtomicU64::new(start),
             store,
             evicting: Mutex::new(()),
             closing: AtomicBool::new(false),
@@ -115,10 +141,10 @@ impl Hub {
             let mut map = hub.channels.write();
             for name in hub.settings.declared() {
                 let settings = hub.settings.resolve(name).expect("a declared channel resolves");
-                let name: Arc<str> = name.into();
-                map.insert(name.clone(), Arc::new(Channel::new(name, settings, true, start)));
+                let floor = hub.floors.for_new(name);
+                map.insert(name.into(), Arc::new(Channel::new(name.into(), settings, true, floor)));
             }
-            for (name, floor, events) in recovered.map(|r| r.channels).unwrap_or_default() {
+            for (name, floor, events) in recovered_channels {
                 let Some(settings) = hub.settings.resolve(&name) else {
                     tracing::warn!(channel = %name, "stored history of a channel the configuration no longer allows: not loaded");
                     continue;
@@ -138,7 +164,7 @@ impl Hub {
         if hub.budget.over() {
             hub.enforce_budget();
         }
-        Ok(Arc::new(hub))
+        Arc::new(hub)
     }
 
     pub fn config(&self) -> &Config {
@@ -179,9 +205,9 @@ impl Hub {
         if map.len() >= self.config.max_channels {
             return Err(ChannelError::Limit(map.len()));
         }
-        let created_at = *self.seq.lock();
+        let floor = self.floors.for_new(name);
         let name: Arc<str> = name.into();
-        let ch = Arc::new(Channel::new(name.clone(), settings, false, created_at));
+        let ch = Arc::new(Channel::new(name.clone(), settings, false, floor));
         map.insert(name, ch.clone());
         let t = attach(&ch);
         Ok((ch, t))
@@ -245,11 +271,12 @@ impl Hub {
         let mut seq = self.seq.lock();
         if *seq < pos {
             *seq = pos;
-            self.watermark.store(pos, Ordering::Release);
+            self.visibility.raise_to(pos);
         }
         for ch in &channels {
             ch.log.raise_floor(pos);
         }
+        self.floors.raise_base(pos);
         // Bumped after the floors are raised (a stream opened after the bump is told what it
         // missed) and before any event after the discontinuity is pushed (the caller applies
         // them next, under this lock), so a stream that reads one of them sees the new epoch.
@@ -276,7 +303,7 @@ impl Hub {
     }
 
     async fn publish_local(&self, mut items: Vec<Publication>) -> Result<Vec<Arc<Event>>, PublishError> {
-        let (events, targets) = loop {
+        let (events, appended) = loop {
             match self.sequence(items) {
                 Ok(done) => break done,
                 // A channel was dropped as idle while we held it: look the names up again.
@@ -292,33 +319,28 @@ impl Hub {
                 }
             }
         };
-        let mut woken: Vec<&Arc<Channel>> = Vec::new();
-        for ch in targets.iter().flatten() {
-            if !woken.iter().any(|w| Arc::ptr_eq(w, ch)) {
-                woken.push(ch);
-            }
-        }
-        for ch in &woken {
-            ch.wake_all();
-        }
         if self.budget.over() {
             self.enforce_budget();
         }
-        self.store.append(&events).await?;
+        match appended? {
+            Appended::Visible(targets) => wake_targets(targets),
+            Appended::Settling(settling) => settling.wait().await?,
+            Appended::Nothing => {}
+        }
         Ok(events)
     }
 
-    /// Numbers the events and appends them to their windows, under the sequencing lock.
-    /// Gives the publications back untouched when one of their channels was removed meanwhile.
-    #[allow(clippy::type_complexity)]
-    fn sequence(&self, items: Vec<Publication>) -> Result<(Vec<Arc<Event>>, Vec<Vec<Arc<Channel>>>), Vec<Publication>> {
+    /// Numbers the events, appends them to their windows and hands them to the store, under the
+    /// sequencing lock (so the store receives them in position order). Gives the publications
+    /// back untouched when one of their channels was removed meanwhile.
+    fn sequence(&self, items: Vec<Publication>) -> Result<Sequenced, Vec<Publication>> {
         let now = Instant::now();
         let mut seq = self.seq.lock();
         if items.iter().any(|i| i.channels.iter().any(|c| c.is_removed())) {
             return Err(items);
         }
         let mut events = Vec::with_capacity(items.len());
-        let mut targets = Vec::with_capacity(items.len());
+        let mut targets: Targets = Vec::with_capacity(items.len());
         let mut freed = 0;
         for item in items {
             let pos = match item.pos {
@@ -344,13 +366,31 @@ impl Hub {
                 ch.count_published(1);
             }
             events.push(ev);
-            targets.push(item.channels);
+            targets.push((pos, item.channels));
         }
-        self.watermark.store(*seq, Ordering::Release);
+        let appended = if events.is_empty() {
+            Ok(Appended::Nothing)
+        } else {
+            match self.store.append(&events) {
+                // Durable at once (the memory store): visible now, unless an earlier publish is
+                // still settling.
+                Ok(None) => Ok(self.visibility.pushed(*seq, targets, true).map_or(Appended::Nothing, Appended::Visible)),
+                Ok(Some(durable)) => {
+                    self.visibility.pushed(*seq, targets, false);
+                    Ok(Appended::Settling(Settling::new(self.visibility.clone(), *seq, durable)))
+                }
+                Err(e) => {
+                    // Never queued: taken back at once, in order with the rest.
+                    self.visibility.pushed(*seq, targets, false);
+                    self.visibility.settle(*seq, false);
+                    Err(e)
+                }
+            }
+        };
         drop(seq);
         self.budget.release(freed);
         self.published.fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok((events, targets))
+        Ok((events, appended))
     }
 
     /// Evicts the hub's oldest events, whatever their channel, until history is back under
@@ -396,7 +436,7 @@ impl Hub {
         }
         // Taken before the starting points: a discontinuity after it ends this stream.
         let epoch = self.history_epoch();
-        let hub_last = self.watermark.load(Ordering::Acquire);
+        let hub_last = self.visibility.watermark();
         let resume = match last_event_id {
             Some(id) => channels
                 .iter()
@@ -422,7 +462,7 @@ impl Hub {
     }
 
     pub(crate) fn watermark(&self) -> u64 {
-        self.watermark.load(Ordering::Acquire)
+        self.visibility.watermark()
     }
 
     pub(crate) fn subscription_opened(&self) {
@@ -481,6 +521,8 @@ impl Hub {
             if ch.log.is_empty() && ch.subscribers() == 0 {
                 ch.mark_removed();
                 map.remove(&ch.name);
+                // Made again later, it starts where it left off.
+                self.floors.departed(ch.name.clone(), ch.log.floor());
             }
         }
     }
@@ -516,6 +558,19 @@ impl Hub {
     pub fn shutdown_timeout(&self) -> Duration {
         self.config.shutdown_timeout
     }
+}
+
+/// A publish's events, numbered and in their windows, and what the store made of them.
+type Sequenced = (Vec<Arc<Event>>, Result<Appended, StoreError>);
+
+/// What became of a publish's events once they were in their windows.
+enum Appended {
+    /// Durable and visible: their channels are to be woken.
+    Visible(Targets),
+    /// The store is making them durable; they become visible when it answers.
+    Settling(Settling),
+    /// Nothing to wait for (no event, or visible once the publishes before them settle).
+    Nothing,
 }
 
 /// A Herald id is the decimal position: digits only, no sign, no leading zero.

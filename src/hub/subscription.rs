@@ -124,9 +124,11 @@ impl Subscription {
     }
 
     fn fill_single(&mut self) {
+        // Events past the watermark are in the window but not yet durable.
+        let upto = self.hub.watermark();
         loop {
             let c = &mut self.cursors[0];
-            match c.channel.log.read_into(&mut c.next, u64::MAX, &mut self.buf, self.options.write_batch) {
+            match c.channel.log.read_into(&mut c.next, upto, &mut self.buf, self.options.write_batch) {
                 ReadStep::Done => return,
                 ReadStep::Lagged(n) => {
                     if !self.lagged(n) {

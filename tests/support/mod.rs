@@ -33,6 +33,15 @@ impl TestServer {
 
     /// Starts a server whose configuration `tweak` adjusted from the defaults.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_hub(tweak, |config| Hub::new(config).expect("the hub starts")).await
+    }
+
+    /// Starts a server over a history store of the test's own (one that fails on demand).
+    pub async fn with_store(store: Arc<dyn herald::history::HistoryStore>) -> Self {
+        Self::with_hub(|_| {}, |config| Hub::with_store(config, store)).await
+    }
+
+    async fn with_hub(tweak: impl FnOnce(&mut Config), make: impl FnOnce(Config) -> Arc<Hub>) -> Self {
         let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
         config.shutdown_timeout = Duration::from_secs(2);
         // In-process tests keep history in memory unless one opts into the disk store.
@@ -41,7 +50,7 @@ impl TestServer {
         config.validate().expect("test configuration is valid");
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hub = Hub::new(config).expect("the hub starts");
+        let hub = make(config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(herald::http::server::serve(listener, hub.clone(), async move {
             let _ = stopped.await;

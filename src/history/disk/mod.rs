@@ -15,7 +15,7 @@
 mod record;
 mod writer;
 
-use super::{HistoryStore, StoreError};
+use super::{Durable, HistoryStore, StoreError};
 use crate::config::HistoryConfig;
 use crate::event::Event;
 use anyhow::Context;
@@ -33,6 +33,8 @@ pub struct Recovered {
     /// Per channel: the newest deleted position (0 when none was), and its events, oldest first.
     /// An event of several channels is one shared `Event`.
     pub channels: Vec<(Arc<str>, u64, Vec<Arc<Event>>)>,
+    /// The floors of channels with no event on disk (all of them left by retention).
+    pub dormant: Vec<(Arc<str>, u64)>,
     /// The newest position on disk.
     pub newest: u64,
 }
@@ -64,10 +66,12 @@ impl DiskStore {
         Ok((DiskStore { commands: tx, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
     }
 
-    async fn send(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Command) -> Result<(), StoreError> {
+    /// Queues a command for the writer; what it returns resolves with the writer's answer.
+    fn send(&self, make: impl FnOnce(oneshot::Sender<Result<(), StoreError>>) -> Command) -> Result<Durable, StoreError> {
+        let stopped = || StoreError("the store writer has stopped".into());
         let (done, answer) = oneshot::channel();
-        self.commands.send(make(done)).map_err(|_| StoreError("the store writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError("the store writer has stopped".into()))?
+        self.commands.send(make(done)).map_err(|_| stopped())?;
+        Ok(Box::pin(async move { answer.await.map_err(|_| stopped())? }))
     }
 }
 
@@ -76,15 +80,15 @@ impl HistoryStore for DiskStore {
         "disk"
     }
 
-    fn append<'a>(&'a self, events: &'a [Arc<Event>]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.send(|done| Command::Append { events: events.to_vec(), done }))
+    fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
+        self.send(|done| Command::Append { events: events.to_vec(), done }).map(Some)
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.send(|done| Command::Flush { done }).await?;
-            Ok(())
-        })
+        match self.send(|done| Command::Flush { done }) {
+            Ok(durable) => durable,
+            Err(e) => Box::pin(futures_util::future::ready(Err(e))),
+        }
     }
 }
 
@@ -150,9 +154,10 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
         floor_of.insert(name.to_vec(), floor);
     }
     for (name, floor, _) in &mut channels {
-        *floor = floor_of.get(name.as_bytes()).copied().unwrap_or(0);
+        *floor = floor_of.remove(name.as_bytes()).unwrap_or(0);
     }
-    Ok(Recovered { channels, newest })
+    let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
+    Ok(Recovered { channels, dormant, newest })
 }
 
 /// The retention lookup for the writer: a channel's own settings, else the defaults.
@@ -184,7 +189,7 @@ mod tests {
     async fn damaged_records_are_skipped_and_floors_keep_ids_above_deleted_positions() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());
-        store.append(&[event(10), event(30)]).await.unwrap();
+        store.append(&[event(10), event(30)]).unwrap().unwrap().await.unwrap();
         drop(store);
         {
             // What a torn or foreign write could leave: a value that does not decode, and the
