@@ -58,6 +58,8 @@ async fn a_failed_append_delivers_nothing_and_later_events_still_flow() {
     store.then(0, true);
     let refused = post(&server, "c", "lost").await;
     assert_eq!(refused.status(), 503);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("history store unavailable") && !body.contains("injected"), "the engine's words stay in the log: {body}");
     assert_eq!(post(&server, "c", "b").await.status(), 200);
     // The subscriber gets `b` next: the refused event never reached it.
     assert_eq!(sse.data(1).await, ["b"]);

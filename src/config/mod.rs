@@ -88,6 +88,10 @@ pub struct Limits {
     /// Most bytes a subscriber writes in one go when catching up: the coalescing unit, and the
     /// bound on what one connection holds beyond the shared history.
     pub write_batch: ByteSize,
+    /// How long a publisher may take to send a request body once its head has arrived; a
+    /// body that stalls longer is answered 408 and its connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +225,7 @@ impl Default for Limits {
             max_event_size: ByteSize::kib(256),
             max_batch_events: 1000,
             write_batch: ByteSize::kib(64),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -279,9 +284,17 @@ impl Config {
             return bad("history.fsync_interval", "must be more than 0s with fsync = \"interval\"".into());
         }
         if self.cluster.enabled() {
-            let redis = self.cluster.bus.starts_with("redis://") || self.cluster.bus.starts_with("rediss://");
+            // Refused here rather than at the first publish: this build speaks to both buses
+            // over plain TCP only (TLS to them is not built in yet).
+            let redis = self.cluster.bus.starts_with("redis://");
             if !redis && !self.cluster.bus.starts_with("nats://") {
-                return bad("cluster.bus", "must be a redis:// or nats:// URL (or empty for a single node)".into());
+                return bad(
+                    "cluster.bus",
+                    format!(
+                        "`{}` is not a redis:// or nats:// URL (or empty for a single node); rediss:// and tls:// are not supported by this build",
+                        redact::url(&self.cluster.bus)
+                    ),
+                );
             }
             if redis && !self.cluster.max_age.is_zero() {
                 return bad("cluster.max_age", "is for NATS JetStream; a Redis stream is capped by cluster.max_len".into());
@@ -301,6 +314,9 @@ impl Config {
         }
         if self.limits.max_event_size.0 == 0 || self.limits.max_event_size > self.limits.max_body_size {
             return bad("limits.max_event_size", "must be more than 0 and at most limits.max_body_size".into());
+        }
+        if self.limits.body_read_timeout < Duration::from_millis(10) {
+            return bad("limits.body_read_timeout", "must be at least 10ms".into());
         }
         if self.limits.max_batch_events == 0 {
             return bad("limits.max_batch_events", "must be at least 1".into());

@@ -32,17 +32,25 @@ fn redact(value: &mut toml::Value, secret: bool) {
     }
 }
 
-/// `redis://user:pw@host` becomes `redis://user:<redacted>@host`.
+/// `redis://user:pw@host` becomes `redis://user:<redacted>@host`, and `nats://TOKEN@host`
+/// (a token alone, which NATS and Redis both accept) `nats://<redacted>@host`.
 fn strip_url_password(s: &str) -> Option<String> {
     let scheme_end = s.find("://")? + 3;
     let rest = &s[scheme_end..];
     let at = rest.find('@')?;
     let userinfo = &rest[..at];
-    if rest[..at].contains('/') {
+    if userinfo.contains('/') {
         return None;
     }
-    let colon = userinfo.find(':')?;
-    Some(format!("{}{}:<redacted>{}", &s[..scheme_end], &userinfo[..colon], &rest[at..]))
+    Some(match userinfo.find(':') {
+        Some(colon) => format!("{}{}:<redacted>{}", &s[..scheme_end], &userinfo[..colon], &rest[at..]),
+        None => format!("{}<redacted>{}", &s[..scheme_end], &rest[at..]),
+    })
+}
+
+/// A URL as it may be shown in logs and errors.
+pub fn url(s: &str) -> String {
+    strip_url_password(s).unwrap_or_else(|| s.to_owned())
 }
 
 #[cfg(test)]
@@ -52,6 +60,7 @@ mod tests {
     fn urls_lose_passwords() {
         assert_eq!(strip_url_password("redis://u:pw@h:1/0").as_deref(), Some("redis://u:<redacted>@h:1/0"));
         assert_eq!(strip_url_password("redis://h:1/0"), None);
+        assert_eq!(strip_url_password("nats://s3cr3t@h:4222").as_deref(), Some("nats://<redacted>@h:4222"));
         let mut v: toml::Value = toml::from_str("[auth]\njwt_secret = \"s3\"\nurl = \"amqp://g:pw@h\"").unwrap();
         redact(&mut v, false);
         let s = v.to_string();

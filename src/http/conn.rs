@@ -3,6 +3,7 @@
 //! routed and answered here, request after request. Anything else (stats, HTTP/2, chunked
 //! bodies, anything malformed) goes to hyper with the bytes already read put back in front.
 
+use super::ApiError;
 use super::event_stream::{self, Handoff};
 use super::rewind::Rewind;
 use axum::Router;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub app: Router,
     pub hyper: auto::Builder<TokioExecutor>,
     pub shutdown: CancellationToken,
+    /// `limits.body_read_timeout`.
+    pub body_read_timeout: Duration,
 }
 
 /// What the first request head turned out to be.
@@ -49,6 +52,10 @@ enum Head {
     Publish { request: Box<http::Request<axum::body::Body>>, len: usize, body_len: usize, keep_alive: bool },
     /// Not complete yet.
     Partial,
+    /// A request framed two ways (`Transfer-Encoding` and `Content-Length`): a proxy in front
+    /// may read it one way and this server the other (request smuggling), so it is refused with
+    /// 400 and the connection closed, whichever path would have served it.
+    Ambiguous,
     /// Anything else: hyper's to serve.
     Other,
 }
@@ -58,15 +65,22 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
     // Requests served here, one after another on a keep-alive connection, until one is a
     // subscription (the connection is then the stream's) or hyper's to serve.
     loop {
-        let Some(Some(head)) = within_read_timeout(&shared, read_head(&mut stream, &mut buf)).await else { return };
+        let Some(Some(head)) = within(&shared, HEADER_READ_TIMEOUT, read_head(&mut stream, &mut buf)).await else { return };
         let (mut request, len, keep_alive) = match head {
             Head::Subscribe { request, len, keep_alive } => (request, len, keep_alive),
             Head::Publish { mut request, len, body_len, keep_alive } => {
-                if within_read_timeout(&shared, read_body(&mut stream, &mut buf, len + body_len)).await != Some(true) {
-                    return;
+                match within(&shared, shared.body_read_timeout, read_body(&mut stream, &mut buf, len + body_len)).await {
+                    Some(true) => {}
+                    // The client stopped sending its body: told so, as hyper's path tells it.
+                    None if !shared.shutdown.is_cancelled() => return refuse(&mut stream, &ApiError::body_timeout(shared.body_read_timeout)).await,
+                    _ => return,
                 }
                 *request.body_mut() = axum::body::Body::from(Bytes::copy_from_slice(&buf[len..len + body_len]));
                 (request, len + body_len, keep_alive)
+            }
+            Head::Ambiguous => {
+                let error = ApiError::bad_request("Transfer-Encoding and Content-Length in one request: send one of them");
+                return refuse(&mut stream, &error).await;
             }
             Head::Other | Head::Partial => {
                 return Box::pin(serve_with_hyper(Bytes::from(buf), stream, peer, &shared)).await;
@@ -107,14 +121,26 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
     }
 }
 
-/// `read`'s outcome, or `None` when the client took longer than [`HEADER_READ_TIMEOUT`] or the
-/// server is shutting down.
-async fn within_read_timeout<T>(shared: &Shared, read: impl Future<Output = T>) -> Option<T> {
+/// `read`'s outcome, or `None` when the client took longer than `limit` or the server is
+/// shutting down.
+async fn within<T>(shared: &Shared, limit: Duration, read: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         done = read => Some(done),
-        () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
+        () = tokio::time::sleep(limit) => None,
         () = shared.shutdown.cancelled() => None,
     }
+}
+
+/// Answers `error` and closes the connection: what is left of the request cannot be trusted.
+async fn refuse(stream: &mut TcpStream, error: &ApiError) {
+    let body = error.json_body();
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = error.status;
+    parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut out = event_stream::response_head(&parts, Some(body.len()), true);
+    out.extend_from_slice(&body);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Reads until `buf` holds `total` bytes (a request head and its body). `false` when the
@@ -132,15 +158,18 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> b
 
 /// Reads until a request head is complete, is not ours, or is too long; bytes already in `buf`
 /// (pipelined after the previous request) come first. `None` when the client closed first.
+/// The head is parsed once, when its blank line has arrived: each read only looks at its own
+/// bytes for it, so a client sending one byte at a time costs no more than one sending it whole.
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Head> {
-    if !buf.is_empty() {
-        match parse_head(buf) {
-            Head::Partial if buf.len() < MAX_HEAD => {}
-            Head::Partial => return Some(Head::Other),
-            head => return Some(head),
-        }
-    }
+    let mut scanned = 0;
     loop {
+        if let Some(end) = head_end(buf, scanned) {
+            return Some(parse_head(&buf[..end]));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Some(Head::Other);
+        }
+        scanned = buf.len();
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
         }
@@ -148,12 +177,23 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Head> {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        match parse_head(buf) {
-            Head::Partial if buf.len() < MAX_HEAD => continue,
-            Head::Partial => return Some(Head::Other),
-            head => return Some(head),
-        }
     }
+}
+
+/// Where the head in `buf` ends (after its blank line), looking from `scanned` on (less the
+/// three bytes a line end split across reads may have left before it).
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.saturating_sub(3);
+    let mut at = from;
+    while let Some(i) = memchr::memchr(b'\n', &buf[at..]) {
+        let lf = at + i;
+        // A blank line: LF LF, or CR LF CR LF (httparse accepts both).
+        if (lf >= 1 && buf[lf - 1] == b'\n') || (lf >= 3 && &buf[lf - 3..lf] == b"\r\n\r") {
+            return Some(lf + 1);
+        }
+        at = lf + 1;
+    }
+    None
 }
 
 /// Looks at a request head without allocating unless it is a subscription.
@@ -166,6 +206,11 @@ fn parse_head(buf: &[u8]) -> Head {
         Err(_) => return Head::Other,
     };
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else { return Head::Other };
+    let chunked = req.headers.iter().any(|f| f.name.eq_ignore_ascii_case("transfer-encoding"));
+    let lengths = req.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("content-length")).count();
+    if chunked && lengths > 0 {
+        return Head::Ambiguous;
+    }
     let publish = match method {
         "GET" => false,
         // HTTP/1.0 publishers, and their keep-alive rules, are left to hyper.
@@ -189,7 +234,7 @@ fn parse_head(buf: &[u8]) -> Head {
             return Head::Other;
         }
         if name.eq_ignore_ascii_case("content-length") {
-            let parsed = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            let parsed = content_length(field.value);
             match (parsed, body_len) {
                 // One length, small enough to read here (and none on a subscription).
                 (Some(n), None) if (publish && n <= MAX_PUBLISH_BODY) || n == 0 => body_len = Some(n),
@@ -217,6 +262,16 @@ fn parse_head(buf: &[u8]) -> Head {
         // A publish without a length: hyper answers it.
         (true, None) => Head::Other,
     }
+}
+
+/// A `Content-Length` value: ASCII digits only, as HTTP defines it (Rust's `parse` would also
+/// take `+5`, which hyper refuses: one server must not read one request two ways).
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 async fn serve_with_hyper(prefix: Bytes, stream: TcpStream, peer: SocketAddr, shared: &Shared) {
@@ -250,6 +305,7 @@ mod tests {
             Head::Publish { keep_alive: true, .. } => "publish",
             Head::Publish { keep_alive: false, .. } => "publish-close",
             Head::Partial => "partial",
+            Head::Ambiguous => "ambiguous",
             Head::Other => "other",
         }
     }
@@ -265,10 +321,27 @@ mod tests {
         assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"), "other", "large");
         assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), "other", "two lengths");
         assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: x\r\n\r\n"), "other", "bad length");
+        assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), "other", "a sign is no digit");
+        assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n"), "other", "two numbers");
+        assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length:  5 \r\n\r\n"), "publish", "spaces around are allowed");
+        assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"), "ambiguous");
+        assert_eq!(kind(b"POST /publish HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), "ambiguous", "any path");
         assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), "other", "chunked");
         assert_eq!(kind(b"POST /sse/a HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"), "other", "expect");
         assert_eq!(kind(b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "other", "not under /sse");
         assert_eq!(kind(b"PUT /sse/a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), "other", "another method");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_however_it_is_split() {
+        let head = b"GET /sse/a HTTP/1.1\r\nHost: x\r\n\r\nnext";
+        let whole = head.len() - 4;
+        assert_eq!(head_end(head, 0), Some(whole));
+        // Byte by byte, each look starting where the previous one stopped.
+        let found = (1..=head.len()).find_map(|n| head_end(&head[..n], n - 1));
+        assert_eq!(found, Some(whole));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n", 0), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
     }
 
     #[test]

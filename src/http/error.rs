@@ -1,7 +1,6 @@
 //! Errors answered to HTTP clients: a status and a JSON body saying what is wrong.
 
 use crate::hub::{ChannelError, PublishError};
-use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
@@ -21,12 +20,23 @@ impl ApiError {
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
     }
+    /// A request body that did not arrive within `limits.body_read_timeout`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {limit:?} (limits.body_read_timeout)"))
+    }
+}
+
+impl ApiError {
+    /// The JSON body every error is answered with.
+    pub fn json_body(&self) -> Vec<u8> {
+        serde_json::json!({ "error": self.message, "status": self.status.as_u16() }).to_string().into_bytes()
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "status": self.status.as_u16() });
-        (self.status, Json(body)).into_response()
+        let body = self.json_body();
+        (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
 
@@ -45,8 +55,16 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Channel(e) => e.into(),
-            PublishError::Store(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            PublishError::Bus(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // What the engine said (paths, addresses, its own words) is for the operator's log;
+            // the client is told what failed, in words that do not change.
+            PublishError::Store(e) => {
+                tracing::error!(error = %e, "publish refused: the history store failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "history store unavailable: the event was not published (see the server log)")
+            }
+            PublishError::Bus(e) => {
+                tracing::error!(error = %e, "publish refused: the cluster bus failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cluster bus ({}) unavailable: the event was not published", e.kind))
+            }
         }
     }
 }

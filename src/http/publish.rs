@@ -15,16 +15,19 @@ use axum::extract::{Path, RawQuery, State};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
+/// Ids and data are kept as the publisher wrote them ([`RawValue`]): a JSON value in `data` is
+/// passed on byte for byte less its insignificant whitespace (keys in their order, numbers as
+/// their text, escapes as written), and a numeric id keeps its digits however many there are.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventInput {
     #[serde(default)]
-    id: Option<Value>,
+    id: Option<Box<RawValue>>,
     #[serde(default)]
     event: Option<String>,
-    data: Value,
+    data: Box<RawValue>,
     #[serde(default)]
     retry: Option<u64>,
     #[serde(default)]
@@ -71,7 +74,11 @@ async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<bytes::
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    // hyper has no timeout for a body that stops arriving; without this, a publisher that sends
+    // its head and then nothing holds its connection for ever.
+    let timeout = hub.config().limits.body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await.map_err(|_| ApiError::body_timeout(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
@@ -174,21 +181,48 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
         .into_iter()
         .enumerate()
         .map(|(i, mut input)| {
-            let id = match input.id.take() {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s),
-                // ssehub publishers send numeric ids.
-                Some(Value::Number(n)) => Some(n.to_string()),
+            let id = match input.id.take().as_deref().map(RawValue::get) {
+                None | Some("null") => None,
+                Some(raw) if raw.starts_with('"') => Some(string_of(raw)),
+                // ssehub publishers send numeric ids: their digits, exactly.
+                Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(raw.to_owned()),
                 Some(_) => return Err(at(i, "`id` must be a string or a number".into())),
             };
-            let data = match std::mem::take(&mut input.data) {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
+            let raw = input.data.get();
+            let data = if raw.starts_with('"') { string_of(raw) } else { compact_json(raw) };
             let draft = Draft { id, event: input.event.take(), data, retry: input.retry };
             Ok((input, draft))
         })
         .collect()
+}
+
+/// The text of a JSON string that serde_json has already checked.
+fn string_of(raw: &str) -> String {
+    serde_json::from_str(raw).expect("a JSON string serde_json has validated")
+}
+
+/// Valid JSON text without its insignificant whitespace: everything else (key order, numbers'
+/// text, escapes) stays byte for byte what the publisher sent, which a parse and re-serialise
+/// would not keep (`{"z":1,"a":2}` reordered, `123456789012345678901234567890` rounded).
+fn compact_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query.
@@ -234,4 +268,16 @@ async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Pu
     }
     let ids = hub.publish(items).await?;
     Ok(Json(Published { ids }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_json;
+
+    #[test]
+    fn json_data_keeps_everything_but_insignificant_whitespace() {
+        let raw = "{ \"z\" : 1,\n \"a\": [ 0.1000, 123456789012345678901234567890 ],\t\"s\": \" sp \\\" \\u00e9 \" }";
+        assert_eq!(compact_json(raw), "{\"z\":1,\"a\":[0.1000,123456789012345678901234567890],\"s\":\" sp \\\" \\u00e9 \"}");
+        assert_eq!(compact_json("[ \"\\\\\", 2 ]"), "[\"\\\\\",2]", "an escaped backslash ends before the quote");
+    }
 }

@@ -29,7 +29,12 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     crate::cluster::start(&hub).await.map_err(std::io::Error::other)?;
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let shared = Arc::new(Shared { app: router(hub.clone()), hyper, shutdown: CancellationToken::new() });
+    let shared = Arc::new(Shared {
+        app: router(hub.clone()),
+        hyper,
+        shutdown: CancellationToken::new(),
+        body_read_timeout: hub.config().limits.body_read_timeout,
+    });
     let connections = TaskTracker::new();
     let sweeper = tokio::spawn({
         let hub = hub.clone();
@@ -53,15 +58,22 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         })
     });
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff.succeeded();
+                    conn
+                }
                 Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors, most likely: wait longer each time (as nginx does)
+                    // instead of spinning, and say so once rather than at every try.
+                    let pause = backoff.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
@@ -88,7 +100,46 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     Ok(())
 }
 
+/// How long the accept loop pauses after failures: 10 ms, doubling to 1 s, with one warning per
+/// run of failures and a count when it ends.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(%error, "accept failed (file descriptors exhausted?): pausing accepts, up to 1s at a time");
+        }
+        self.failures += 1;
+        Duration::from_millis(10u64 << (self.failures.min(8) - 1)).min(Duration::from_secs(1))
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting connections again");
+            self.failures = 0;
+        }
+    }
+}
+
 /// Binds the configured address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_pause_longer_each_time_up_to_a_second() {
+        let mut backoff = AcceptBackoff::default();
+        let e = std::io::Error::other("too many open files");
+        let pauses: Vec<u64> = (0..10).map(|_| backoff.failed(&e).as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(&e), Duration::from_millis(10));
+    }
 }

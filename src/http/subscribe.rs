@@ -69,7 +69,9 @@ fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Resp
     }
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Last-Event-ID is not valid text"))?.to_owned()),
+        // Browsers send an id back as the UTF-8 bytes they received (`café` included), which
+        // is not the visible ASCII `to_str` insists on.
+        Some(v) => Some(std::str::from_utf8(v.as_bytes()).map_err(|_| ApiError::bad_request("Last-Event-ID is not UTF-8"))?.to_owned()),
         None => q.last_event_id,
     };
     if last_event_id.as_ref().is_some_and(|id| id.len() > MAX_LAST_EVENT_ID) {

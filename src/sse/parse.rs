@@ -67,6 +67,10 @@ impl Parser {
     }
 
     fn feed_lines(&mut self, mut chunk: &[u8], out: &mut Vec<Item>) {
+        // An empty read says nothing about the LF a CR may still be waiting for.
+        if chunk.is_empty() {
+            return;
+        }
         if self.after_cr {
             self.after_cr = false;
             if let Some(rest) = chunk.strip_prefix(b"\n") {
@@ -182,6 +186,12 @@ mod tests {
     fn line_endings_and_split_crlf() {
         let items = parse_all(&[b"event: a\rdata: 1\r", b"\ndata: 2\r\n\r", b"\n"]);
         assert_eq!(items, vec![ev("a", "1\n2", "")]);
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+        let items = parse_all(&[b"data: a\r", b"", b"\ndata: b\n\n"]);
+        assert_eq!(items, vec![ev("message", "a\nb", "")]);
     }
 
     #[test]
