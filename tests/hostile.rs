@@ -39,7 +39,8 @@ async fn a_signed_content_length_is_refused_on_every_path() {
     support::subscribers(&server, "c", 1).await;
     let body = r#"{"data":"smuggled"}"#;
     for path in ["/sse/c", "/publish?channel=c"] {
-        let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: +{}\r\n\r\n{body}", body.len());
+        let raw =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: +{}\r\n\r\n{body}", body.len());
         let answer = exchange(&server, raw.as_bytes()).await;
         assert_eq!(status_of(&answer), "400", "{path}: {answer}");
     }
@@ -51,7 +52,8 @@ async fn transfer_encoding_beside_content_length_is_refused_and_the_connection_c
     let server = TestServer::start().await;
     for (path, order) in [("/sse/c", 0), ("/sse/c", 1), ("/publish", 0), ("/stats", 1)] {
         let framing = ["Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"][order];
-        let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n{framing}\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
+        let raw =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n{framing}\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n");
         let answer = exchange(&server, raw.as_bytes()).await;
         assert_eq!(status_of(&answer), "400", "{path}: {answer}");
         assert!(answer.contains("Transfer-Encoding and Content-Length"), "{answer}");

@@ -55,13 +55,15 @@ pub enum ReadStep {
     Lagged(u64),
 }
 
-/// One event a multi-channel subscriber may deliver next.
-pub struct Pending {
-    pub pos: u64,
-    /// Which of the subscriber's cursors it came from, and the sequence after it.
-    pub cursor: usize,
-    pub next_seq: u64,
-    pub event: Arc<Event>,
+/// The outcome of [`ChannelLog::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// The event was sent (or skipped as sent already); the position of the next one, if due.
+    Taken { next: Option<u64> },
+    /// The event does not fit in what is left of the write batch.
+    Full,
+    /// The cursor lagged (see [`ReadStep::Lagged`]).
+    Lagged(u64),
 }
 
 pub struct ChannelLog {
@@ -170,13 +172,11 @@ impl ChannelLog {
     /// and no more than `max_bytes` (but always at least one event).
     pub fn read_into(&self, cursor: &mut u64, upto: u64, buf: &mut BytesMut, max_bytes: usize) -> ReadStep {
         let inner = self.inner.lock();
-        if *cursor < inner.first_seq {
-            let skipped = inner.first_seq - *cursor;
-            *cursor = inner.first_seq;
-            return ReadStep::Lagged(skipped);
-        }
+        let mut i = match inner.index_of(cursor) {
+            Ok(i) => i,
+            Err(skipped) => return ReadStep::Lagged(skipped),
+        };
         let start = buf.len();
-        let mut i = (*cursor - inner.first_seq) as usize;
         while let Some(ev) = inner.events.get(i) {
             if ev.pos > upto || (buf.len() > start && buf.len() - start + ev.frame.len() > max_bytes) {
                 break;
@@ -188,27 +188,34 @@ impl ChannelLog {
         ReadStep::Done
     }
 
-    /// Gathers up to `max` events from `cursor` on with positions up to `upto`, without moving
-    /// the cursor (unless it lagged). Returns the step and, when `max` cut the gathering short,
-    /// the position of the last event gathered: nothing after it may be delivered yet.
-    pub fn collect(&self, cursor: &mut u64, upto: u64, max: usize, index: usize, out: &mut Vec<Pending>) -> (ReadStep, Option<u64>) {
+    /// The position of the event at `cursor`, if there is one at or before `upto`. `Err(n)`
+    /// when the cursor pointed before the oldest kept event: it now points at it, and `n`
+    /// events were skipped.
+    pub fn peek(&self, cursor: &mut u64, upto: u64) -> Result<Option<u64>, u64> {
         let inner = self.inner.lock();
-        if *cursor < inner.first_seq {
-            let skipped = inner.first_seq - *cursor;
-            *cursor = inner.first_seq;
-            return (ReadStep::Lagged(skipped), None);
-        }
-        let from = (*cursor - inner.first_seq) as usize;
-        for (taken, ev) in inner.events.range(from..).enumerate() {
-            if ev.pos > upto {
-                return (ReadStep::Done, None);
+        let i = inner.index_of(cursor)?;
+        Ok(inner.events.get(i).map(|e| e.pos).filter(|&p| p <= upto))
+    }
+
+    /// Takes the event at `cursor` (one [`peek`](Self::peek) found): copies its frame into `buf`
+    /// unless its position is at most `sent` (a subscriber of several channels already sent it
+    /// through another) or the frame is larger than `room`, in which case nothing moves. Returns
+    /// the position of the next event at or before `upto`, for the caller's merge.
+    pub fn take(&self, cursor: &mut u64, upto: u64, sent: u64, buf: &mut BytesMut, room: usize) -> Take {
+        let inner = self.inner.lock();
+        let i = match inner.index_of(cursor) {
+            Ok(i) => i,
+            Err(skipped) => return Take::Lagged(skipped),
+        };
+        let Some(ev) = inner.events.get(i) else { return Take::Taken { next: None } };
+        if ev.pos > sent {
+            if ev.frame.len() > room {
+                return Take::Full;
             }
-            if taken == max {
-                return (ReadStep::Done, out.last().map(|p| p.pos));
-            }
-            out.push(Pending { pos: ev.pos, cursor: index, next_seq: *cursor + taken as u64 + 1, event: ev.clone() });
+            buf.extend_from_slice(&ev.frame);
         }
-        (ReadStep::Done, None)
+        *cursor += 1;
+        Take::Taken { next: inner.events.get(i + 1).map(|e| e.pos).filter(|&p| p <= upto) }
     }
 
     /// Sequence the next event will get: a cursor equal to it is caught up.
@@ -252,6 +259,17 @@ impl ChannelLog {
 }
 
 impl Inner {
+    /// The index of the event at `cursor`, or how far before the oldest kept event it pointed
+    /// (it then points at that event).
+    fn index_of(&self, cursor: &mut u64) -> Result<usize, u64> {
+        if *cursor < self.first_seq {
+            let skipped = self.first_seq - *cursor;
+            *cursor = self.first_seq;
+            return Err(skipped);
+        }
+        Ok((*cursor - self.first_seq) as usize)
+    }
+
     fn pop_front(&mut self) -> usize {
         match self.events.pop_front() {
             Some(ev) => {

@@ -72,7 +72,9 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
                 match within(&shared, shared.body_read_timeout, read_body(&mut stream, &mut buf, len + body_len)).await {
                     Some(true) => {}
                     // The client stopped sending its body: told so, as hyper's path tells it.
-                    None if !shared.shutdown.is_cancelled() => return refuse(&mut stream, &ApiError::body_timeout(shared.body_read_timeout)).await,
+                    None if !shared.shutdown.is_cancelled() => {
+                        return refuse(&mut stream, &ApiError::body_timeout(shared.body_read_timeout)).await;
+                    }
                     _ => return,
                 }
                 *request.body_mut() = axum::body::Body::from(Bytes::copy_from_slice(&buf[len..len + body_len]));

@@ -59,7 +59,10 @@ impl From<PublishError> for ApiError {
             // the client is told what failed, in words that do not change.
             PublishError::Store(e) => {
                 tracing::error!(error = %e, "publish refused: the history store failed");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "history store unavailable: the event was not published (see the server log)")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "history store unavailable: the event was not published (see the server log)",
+                )
             }
             PublishError::Bus(e) => {
                 tracing::error!(error = %e, "publish refused: the cluster bus failed");

@@ -77,7 +77,8 @@ async fn read_body(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<bytes::
     // hyper has no timeout for a body that stops arriving; without this, a publisher that sends
     // its head and then nothing holds its connection for ever.
     let timeout = hub.config().limits.body_read_timeout;
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await.map_err(|_| ApiError::body_timeout(timeout))?;
+    let collected =
+        tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await.map_err(|_| ApiError::body_timeout(timeout))?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),

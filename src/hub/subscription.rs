@@ -8,19 +8,17 @@
 
 use super::{Channel, Hub};
 use crate::config::{Config, LagPolicy};
-use crate::history::ReadStep;
-use crate::history::log::Pending;
+use crate::history::{ReadStep, Take};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// Events gathered per channel per round when merging several channels.
-const MERGE_BATCH: usize = 256;
 
 static KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 static KEEPALIVE_PING: &[u8] = b"event: ping\ndata: \n\n";
@@ -73,7 +71,9 @@ pub struct Subscription {
     finished: bool,
     /// Newest position sent: an event published to several of our channels is sent once.
     last_pos: u64,
-    scratch: Vec<Pending>,
+    /// The merge of several channels: each cursor with an event due, by that event's position.
+    /// At most one entry per channel, so it is bounded by the channels named, not by events.
+    heads: BinaryHeap<Reverse<(u64, usize)>>,
     options: SubscriptionOptions,
 }
 
@@ -113,7 +113,7 @@ impl Subscription {
             epoch,
             finished: false,
             last_pos: 0,
-            scratch: Vec::new(),
+            heads: BinaryHeap::new(),
             options,
         }
     }
@@ -139,47 +139,54 @@ impl Subscription {
         }
     }
 
-    /// Several channels: gather each one's pending events up to the hub's watermark (every
-    /// event up to it is visible in its windows), then send them in position order.
+    /// Several channels, merged in position order up to the hub's watermark (every event up to
+    /// it is visible in all its windows): one event at a time from the cursor whose next event
+    /// is oldest, until the write batch is full. Nothing is gathered or sorted beyond one
+    /// position per channel, so a subscription to many channels holds what one write holds.
     fn fill_merged(&mut self) {
         let upto = self.hub.watermark();
-        let mut bound = upto;
-        self.scratch.clear();
+        self.heads.clear();
         for i in 0..self.cursors.len() {
-            loop {
-                let c = &mut self.cursors[i];
-                match c.channel.log.collect(&mut c.next, upto, MERGE_BATCH, i, &mut self.scratch) {
-                    (ReadStep::Done, cut) => {
-                        if let Some(pos) = cut {
-                            bound = bound.min(pos);
-                        }
-                        break;
-                    }
-                    (ReadStep::Lagged(n), _) => {
-                        if !self.lagged(n) {
-                            self.scratch.clear();
-                            return;
-                        }
-                    }
-                }
+            if !self.push_head(i, upto) {
+                return;
             }
         }
-        self.scratch.sort_unstable_by_key(|p| p.pos);
         let start = self.buf.len();
-        for p in &self.scratch {
-            if p.pos > bound {
-                break;
-            }
-            if p.pos > self.last_pos {
-                if self.buf.len() > start && self.buf.len() - start + p.event.frame.len() > self.options.write_batch {
-                    break;
+        while let Some(Reverse((pos, i))) = self.heads.pop() {
+            // Always at least one event per write, however large.
+            let room = if self.buf.len() == start { usize::MAX } else { self.options.write_batch.saturating_sub(self.buf.len() - start) };
+            let c = &mut self.cursors[i];
+            match c.channel.log.take(&mut c.next, upto, self.last_pos, &mut self.buf, room) {
+                Take::Taken { next } => {
+                    self.last_pos = self.last_pos.max(pos);
+                    if let Some(next) = next {
+                        self.heads.push(Reverse((next, i)));
+                    }
                 }
-                self.buf.extend_from_slice(&p.event.frame);
-                self.last_pos = p.pos;
+                Take::Full => break,
+                Take::Lagged(skipped) => {
+                    // Evicted since it was looked at: say so, and merge on from where it is now.
+                    if !self.lagged(skipped) || !self.push_head(i, upto) {
+                        return;
+                    }
+                }
             }
-            self.cursors[p.cursor].next = p.next_seq;
         }
-        self.scratch.clear();
+    }
+
+    /// Puts cursor `i` in the merge if it has an event due, telling of any lag on the way.
+    /// Returns whether to go on reading.
+    fn push_head(&mut self, i: usize, upto: u64) -> bool {
+        loop {
+            let c = &mut self.cursors[i];
+            match c.channel.log.peek(&mut c.next, upto) {
+                Ok(Some(pos)) => self.heads.push(Reverse((pos, i))),
+                Ok(None) => {}
+                Err(skipped) if self.lagged(skipped) => continue,
+                Err(_) => return false,
+            }
+            return true;
+        }
     }
 
     /// Writes the lag notice; returns whether to go on reading.
