@@ -140,8 +140,11 @@ async fn channel_limits_are_enforced() {
         c.max_channels_per_connection = 2;
     })
     .await;
+    // Every channel has a subscriber: none can be reclaimed, so a fourth is refused.
+    let mut held = Vec::new();
     for ch in ["a", "b", "c"] {
-        server.publish_data(ch, "x").await;
+        held.push(Sse::open(&server.url(&format!("/sse/{ch}"))).await);
+        support::subscribers(&server, ch, 1).await;
     }
     let (status, msg) = error_of(http().post(server.url("/sse/d")).json(&json!({"data":"x"})).send().await.unwrap()).await;
     assert_eq!(status, 503);

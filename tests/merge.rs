@@ -28,7 +28,11 @@ fn subscription_request(channels: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_256_channel_replay_holds_one_write_batch_and_arrives_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("herald.toml"), "[history]\nstore = \"memory\"\nsize = 1000\n").unwrap();
+    std::fs::write(
+        dir.path().join("herald.toml"),
+        "[history]\nstore = \"memory\"\nsize = 1000\n[limits]\nmax_new_channels_per_request = 256\n",
+    )
+    .unwrap();
     let node = Served::start(dir.path());
     // 65,536 events of 100 bytes, interleaved across the channels, in batches of 1,000.
     let mut order = 0;

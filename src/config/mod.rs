@@ -85,6 +85,9 @@ pub struct Limits {
     pub max_event_size: ByteSize,
     /// Most events in one publish request.
     pub max_batch_events: usize,
+    /// Most channels one request (a publish or a subscription) may create: past it, the request
+    /// is refused with 400 and creates none.
+    pub max_new_channels_per_request: usize,
     /// Most bytes a subscriber writes in one go when catching up: the coalescing unit, and the
     /// bound on what one connection holds beyond the shared history.
     pub write_batch: ByteSize,
@@ -132,6 +135,11 @@ pub struct HistoryConfig {
     /// Age after which events leave history. `0s` keeps them until `size` or `max_memory` evicts.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Age limit for channels made on first use whose settings give none (`ttl` is `0s` and
+    /// their `[[channels]]` pattern sets no `history_ttl`), so that names anyone can invent do
+    /// not hold history, and so a place under `max_channels`, for ever. `0s` keeps it.
+    #[serde(with = "humantime_serde")]
+    pub undeclared_ttl: Duration,
     /// Cap on the bytes held by all channels' history together; past it the oldest events of the
     /// whole hub are evicted first.
     pub max_memory: ByteSize,
@@ -224,6 +232,7 @@ impl Default for Limits {
             max_body_size: ByteSize::mib(1),
             max_event_size: ByteSize::kib(256),
             max_batch_events: 1000,
+            max_new_channels_per_request: 128,
             write_batch: ByteSize::kib(64),
             body_read_timeout: Duration::from_secs(30),
         }
@@ -239,6 +248,7 @@ impl Default for HistoryConfig {
             fsync_interval: Duration::from_secs(1),
             size: 1000,
             ttl: Duration::ZERO,
+            undeclared_ttl: Duration::from_secs(3600),
             max_memory: ByteSize::mib(256),
         }
     }
@@ -317,6 +327,9 @@ impl Config {
         }
         if self.limits.body_read_timeout < Duration::from_millis(10) {
             return bad("limits.body_read_timeout", "must be at least 10ms".into());
+        }
+        if self.limits.max_new_channels_per_request == 0 {
+            return bad("limits.max_new_channels_per_request", "must be at least 1".into());
         }
         if self.limits.max_batch_events == 0 {
             return bad("limits.max_batch_events", "must be at least 1".into());

@@ -230,6 +230,17 @@ impl ChannelLog {
         self.inner.lock().events.front().map(|e| e.pos)
     }
 
+    /// Removes every event (the channel is reclaimed); returns the bytes freed and the floor
+    /// it leaves: the newest position that was in it.
+    pub fn clear(&self) -> (usize, u64) {
+        let mut inner = self.inner.lock();
+        let mut freed = 0;
+        while !inner.events.is_empty() {
+            freed += inner.pop_front();
+        }
+        (freed, inner.floor_pos)
+    }
+
     /// Removes the oldest event (for the global memory cap); returns its size.
     pub fn evict_front(&self) -> usize {
         self.inner.lock().pop_front()

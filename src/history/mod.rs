@@ -38,6 +38,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         Box::pin(futures_util::future::ready(Ok(None)))
     }
 
+    /// The hub dropped `channel` and its history up to `upto` (it reclaimed the channel at
+    /// `max_channels`): the store lets those events go too, in order with the appends before.
+    fn forget(&self, channel: &str, upto: u64) {
+        let _ = (channel, upto);
+    }
+
     /// Makes everything appended so far durable (at shutdown).
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(futures_util::future::ready(Ok(())))

@@ -249,6 +249,7 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8]) -> Result<(Draft, Vec<Strin
 async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Published>, ApiError> {
     let max_event = hub.config().limits.max_event_size.as_usize();
     let max_channels = hub.config().max_channels_per_connection;
+    hub.admit_new(drafts.iter().flat_map(|(names, _)| names.iter().map(String::as_str)))?;
     let mut items = Vec::with_capacity(drafts.len());
     for (i, (names, draft)) in drafts.into_iter().enumerate() {
         let frame = draft.encode(max_event).map_err(|e| match e {

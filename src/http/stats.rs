@@ -1,13 +1,34 @@
 //! `GET /stats` and `GET /healthz`.
 
+use super::ApiError;
 use super::AppState;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
-pub async fn stats(State(state): State<AppState>) -> Json<crate::hub::Stats> {
-    Json(state.hub.stats())
+/// Channels listed per page unless `?limit=` says otherwise, and the most it may say.
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+/// `GET /stats?limit=&after=`: totals, and one page of channels in name order.
+pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<crate::hub::Stats>, ApiError> {
+    let mut limit = DEFAULT_PAGE;
+    let mut after = None;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_request(format!("limit must be a number from 1 to {MAX_PAGE}, not `{value}`")))?
+            }
+            "after" => after = Some(value.into_owned()),
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (limit, after)"))),
+        }
+    }
+    Ok(Json(state.hub.stats(limit, after.as_deref())))
 }
 
 /// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down or, in a

@@ -18,6 +18,9 @@ pub struct Channel {
     /// copies what it has not sent yet straight from the log.
     wakers: Mutex<Slab<Arc<AtomicWaker>>>,
     published: AtomicU64,
+    /// When it was last published to or subscribed to (ms since the epoch): at `max_channels`,
+    /// the idle channels used longest ago are reclaimed first.
+    last_used: AtomicU64,
     /// Set (under the hub's registry and sequencing locks) when the channel is dropped from the
     /// registry; a publisher that still holds it looks it up again.
     removed: AtomicBool,
@@ -33,16 +36,28 @@ impl Channel {
             declared,
             wakers: Mutex::new(Slab::new()),
             published: AtomicU64::new(0),
+            last_used: AtomicU64::new(crate::event::now_wall_us() / 1000),
             removed: AtomicBool::new(false),
         }
     }
 
     pub fn register(&self, waker: Arc<AtomicWaker>) -> usize {
+        self.touch(crate::event::now_wall_us() / 1000);
         self.wakers.lock().insert(waker)
     }
 
     pub fn unregister(&self, key: usize) {
+        self.touch(crate::event::now_wall_us() / 1000);
         self.wakers.lock().try_remove(key);
+    }
+
+    /// Used now (`now_ms`, ms since the epoch).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_used.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
     }
 
     pub fn subscribers(&self) -> usize {

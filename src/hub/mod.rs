@@ -37,8 +37,10 @@ pub enum ChannelError {
     Invalid { name: String, reason: pattern::NameError },
     #[error("channel `{0}` does not exist (allow_undefined_channels is false and no [[channels]] entry matches)")]
     NotFound(String),
-    #[error("channel limit reached: {0} channels exist (max_channels)")]
+    #[error("channel limit reached: {0} channels exist (max_channels) and every one has a subscriber or is declared")]
     Limit(usize),
+    #[error("this request would create {wanted} channels, at most {limit} per request (limits.max_new_channels_per_request)")]
+    TooManyNew { wanted: usize, limit: usize },
     #[error("the hub is shutting down")]
     Closing,
 }
@@ -202,7 +204,7 @@ impl Hub {
             let t = attach(ch);
             return Ok((ch.clone(), t));
         }
-        if map.len() >= self.config.max_channels {
+        if map.len() >= self.config.max_channels && self.reclaim_idle(&mut map) == 0 {
             return Err(ChannelError::Limit(map.len()));
         }
         let floor = self.floors.for_new(name);
@@ -211,6 +213,54 @@ impl Hub {
         map.insert(name, ch.clone());
         let t = attach(&ch);
         Ok((ch, t))
+    }
+
+    /// At `max_channels`: drops the idle channels (undeclared, no subscriber) used longest ago,
+    /// a hundredth of the registry at a time so that a flood of new names costs one scan per
+    /// hundred channels, with their history: a client resuming in one is told it missed events.
+    /// Returns how many went.
+    fn reclaim_idle(&self, map: &mut HashMap<Arc<str>, Arc<Channel>>) -> usize {
+        let _no_publisher_between = self.seq.lock();
+        let mut idle: Vec<&Arc<Channel>> = map.values().filter(|c| !c.declared && c.subscribers() == 0).collect();
+        let n = (map.len() / 100).max(1).min(idle.len());
+        if n == 0 {
+            return 0;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable_by_key(n - 1, |c| c.last_used());
+        }
+        let reclaimed: Vec<Arc<Channel>> = idle[..n].iter().map(|c| (*c).clone()).collect();
+        for ch in reclaimed {
+            ch.mark_removed();
+            map.remove(&ch.name);
+            let (freed, floor) = ch.log.clear();
+            self.budget.release(freed);
+            self.floors.departed(ch.name.clone(), floor);
+            self.store.forget(&ch.name, floor);
+        }
+        tracing::info!(
+            reclaimed = n,
+            max_channels = self.config.max_channels,
+            "max_channels reached: reclaimed the idle channels used longest ago"
+        );
+        n
+    }
+
+    /// Refuses a request that would create more than `limits.max_new_channels_per_request`
+    /// channels, before it creates any.
+    pub fn admit_new<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<(), ChannelError> {
+        let limit = self.config.limits.max_new_channels_per_request;
+        let map = self.channels.read();
+        let mut new: Vec<&str> = names.into_iter().filter(|n| !map.contains_key(*n)).collect();
+        drop(map);
+        if new.len() > limit {
+            new.sort_unstable();
+            new.dedup();
+            if new.len() > limit {
+                return Err(ChannelError::TooManyNew { wanted: new.len(), limit });
+            }
+        }
+        Ok(())
     }
 
     /// Publishes events in order; returns their ids. Alone, each gets the next position, is in
@@ -335,6 +385,7 @@ impl Hub {
     /// back untouched when one of their channels was removed meanwhile.
     fn sequence(&self, items: Vec<Publication>) -> Result<Sequenced, Vec<Publication>> {
         let now = Instant::now();
+        let now_ms = now_wall_us() / 1000;
         let mut seq = self.seq.lock();
         if items.iter().any(|i| i.channels.iter().any(|c| c.is_removed())) {
             return Err(items);
@@ -364,6 +415,7 @@ impl Hub {
                 self.budget.add(ev.frame.len());
                 freed += ch.log.push(ev.clone());
                 ch.count_published(1);
+                ch.touch(now_ms);
             }
             events.push(ev);
             targets.push((pos, item.channels));
@@ -417,6 +469,7 @@ impl Hub {
         last_event_id: Option<&str>,
         replay_all: bool,
     ) -> Result<Subscription, ChannelError> {
+        self.admit_new(names.iter().map(String::as_str))?;
         let waker = Arc::new(AtomicWaker::new());
         let mut channels: Vec<(Arc<Channel>, usize)> = Vec::with_capacity(names.len());
         let registered = (|| {
@@ -527,8 +580,9 @@ impl Hub {
         }
     }
 
-    /// A snapshot for `/stats`.
-    pub fn stats(&self) -> Stats {
+    /// A snapshot for `/stats`: totals over every channel, and at most `limit` channels by
+    /// name after `after`, with `next` naming where the following page starts.
+    pub fn stats(&self, limit: usize, after: Option<&str>) -> Stats {
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
         let mut out = Stats {
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -542,13 +596,26 @@ impl Hub {
                 ..Totals::default()
             },
             channels: Default::default(),
+            next: None,
         };
-        for ch in channels {
+        let mut page: Vec<&Arc<Channel>> = Vec::new();
+        for ch in &channels {
+            let (history_len, history_bytes) = ch.log.stats();
+            out.totals.subscribers += ch.subscribers();
+            out.totals.history_len += history_len;
+            out.totals.history_bytes += history_bytes;
+            if after.is_none_or(|a| &*ch.name > a) {
+                page.push(ch);
+            }
+        }
+        if page.len() > limit {
+            page.select_nth_unstable_by(limit, |a, b| a.name.cmp(&b.name));
+            page.truncate(limit);
+            out.next = page.iter().map(|c| c.name.to_string()).max();
+        }
+        for ch in page {
             let (history_len, history_bytes) = ch.log.stats();
             let s = ChannelStats { subscribers: ch.subscribers(), published: ch.published(), history_len, history_bytes };
-            out.totals.subscribers += s.subscribers;
-            out.totals.history_len += s.history_len;
-            out.totals.history_bytes += s.history_bytes;
             out.channels.insert(ch.name.to_string(), s);
         }
         out
@@ -606,6 +673,9 @@ pub struct Stats {
     pub store: &'static str,
     pub totals: Totals,
     pub channels: std::collections::BTreeMap<String, ChannelStats>,
+    /// More channels follow: ask again with `after` set to this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]

@@ -22,13 +22,16 @@ impl SettingsResolver {
     pub fn new(config: &Config) -> Self {
         let default_cors = Arc::new(CorsPolicy::new(&config.cors));
         let base = Retention { max_events: config.history.size, max_age: nonzero(config.history.ttl) };
+        // Channels made on first use (by a pattern, or by no rule at all) age out by default.
+        let undeclared = Retention { max_age: base.max_age.or(nonzero(config.history.undeclared_ttl)), ..base };
         let rules = config
             .channels
             .iter()
             .map(|c: &ChannelConfig| {
+                let inherited = if pattern::is_pattern(&c.pattern) { undeclared } else { base };
                 let retention = Retention {
                     max_events: c.history_size.unwrap_or(base.max_events),
-                    max_age: c.history_ttl.map_or(base.max_age, nonzero),
+                    max_age: c.history_ttl.map_or(inherited.max_age, nonzero),
                 };
                 let cors = c.cors.as_ref().map_or_else(|| default_cors.clone(), |cors| Arc::new(CorsPolicy::new(cors)));
                 (c.pattern.clone(), Arc::new(ChannelSettings { retention, cors }))
@@ -36,7 +39,7 @@ impl SettingsResolver {
             .collect();
         SettingsResolver {
             rules,
-            default: Arc::new(ChannelSettings { retention: base, cors: default_cors }),
+            default: Arc::new(ChannelSettings { retention: undeclared, cors: default_cors }),
             allow_undefined: config.allow_undefined_channels,
         }
     }

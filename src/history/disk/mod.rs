@@ -84,6 +84,13 @@ impl HistoryStore for DiskStore {
         self.send(|done| Command::Append { events: events.to_vec(), done }).map(Some)
     }
 
+    fn forget(&self, channel: &str, upto: u64) {
+        // Nobody waits for it: the writer applies it after the appends queued before it.
+        if self.commands.send(Command::Forget { channel: channel.into(), upto }).is_err() {
+            tracing::error!(channel, "history store: the writer has stopped; a reclaimed channel stays on disk");
+        }
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         match self.send(|done| Command::Flush { done }) {
             Ok(durable) => durable,

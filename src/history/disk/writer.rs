@@ -29,6 +29,11 @@ pub enum Command {
     Flush {
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Delete a reclaimed channel's events up to `upto`.
+    Forget {
+        channel: Arc<str>,
+        upto: u64,
+    },
 }
 
 /// Looks up a channel's retention (its `[[channels]]` settings, or the defaults).
@@ -114,6 +119,7 @@ impl Writer {
         let mut batch = self.db.batch();
         let mut flush = false;
         let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut forgotten: Vec<(Arc<str>, u64)> = Vec::new();
         let wall = crate::event::now_wall_us();
         for cmd in &group {
             match cmd {
@@ -132,6 +138,7 @@ impl Writer {
                     }
                 }
                 Command::Flush { .. } => flush = true,
+                Command::Forget { channel, upto } => forgotten.push((channel.clone(), *upto)),
             }
         }
         let result = batch
@@ -148,8 +155,16 @@ impl Writer {
         for cmd in group {
             let done = match cmd {
                 Command::Append { done, .. } | Command::Flush { done } => done,
+                Command::Forget { .. } => continue,
             };
             let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError(e.0.clone())));
+        }
+        // After the batch: a forget only ever follows the appends of what it forgets.
+        for (channel, upto) in forgotten {
+            match self.delete_oldest(&channel, |pos, _| pos <= upto) {
+                Ok(removed) => self.removed(&channel, removed),
+                Err(e) => tracing::error!(%channel, error = %e, "history store: could not delete a reclaimed channel"),
+            }
         }
         touched.sort_unstable();
         touched.dedup();
