@@ -298,6 +298,84 @@ async fn a_node_cut_off_longer_than_the_bus_retains_tells_its_clients_what_they_
     assert!(got.len() < published, "the stream kept them all: nothing was trimmed");
 }
 
+/// A node stopped with SIGSTOP while its bus connection stays up, and the stream trimmed past
+/// what it read meanwhile: when it continues, its subscriber gets exactly a prefix of what was
+/// published and then the end of the stream, never events from past the gap as if nothing was
+/// lost; resuming, it is told what it missed (or gets exactly the rest, if nothing was).
+async fn a_paused_node_never_skips_silently(bus: Bus, published: usize) {
+    let a = TestServer::with({
+        let bus = bus.clone();
+        move |c| {
+            c.cluster.bus = bus.url;
+            c.cluster.stream = bus.stream;
+            c.cluster.max_len = 10;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.toml"),
+        format!("[cluster]\nbus = \"{}\"\nstream = \"{}\"\nmax_len = 10\n", bus.url, bus.stream),
+    )
+    .unwrap();
+    let b = support::process::Served::start(dir.path());
+    let mut sub = Sse::open(&b.url("/sse/pause")).await;
+    support::eventually(async || {
+        let stats: serde_json::Value = http().get(b.url("/stats")).send().await.unwrap().json().await.unwrap();
+        stats["channels"]["pause"]["subscribers"] == 1
+    })
+    .await;
+    let first = publish_ok(&a, "pause", "before").await;
+    assert_eq!(sub.next_event().await.last_event_id, first);
+
+    let pid = b.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut acked = Vec::new();
+    for i in 0..published {
+        acked.push(publish_ok(&a, "pause", &i.to_string()).await);
+    }
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+
+    // A prefix of what was published, then (if anything was lost) the end of the stream.
+    let mut got: Vec<String> = Vec::new();
+    while got.last() != acked.last() {
+        match sub.next_item().await {
+            Some(Item::Event(ev)) => {
+                assert_eq!(Some(&ev.last_event_id), acked.get(got.len()), "skipped silently after {} events", got.len());
+                got.push(ev.last_event_id);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    if got.len() == acked.len() {
+        return;
+    }
+    let resume_from = got.last().unwrap_or(&first).clone();
+    let mut resumed = Sse::open_with(&b.url("/sse/pause"), &[("last-event-id", &resume_from)]).await;
+    let notice = resumed.next_event().await;
+    assert_eq!(notice.event, "missed", "the stream ended, so something was lost: {notice:?}");
+    let mut rest = Vec::new();
+    while rest.last() != acked.last() {
+        rest.push(resumed.next_event().await.last_event_id);
+        assert!(rest.len() <= published);
+    }
+    assert_eq!(rest, acked[acked.len() - rest.len()..], "then the newest events, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_paused_node_never_skips_silently() {
+    // `MAXLEN ~` trims whole stream nodes (100 entries): publish enough for it to trim.
+    a_paused_node_never_skips_silently(redis_bus("pause").await, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_paused_node_never_skips_silently() {
+    let _ = nats_bus("pause", NATS).await;
+    let bus = Bus { url: NATS.into(), stream: format!("herald_test_pauselimited_{}", nanos()) };
+    a_paused_node_never_skips_silently(bus, 100).await;
+}
+
 /// `history_ttl` counts from the publish, also for history a node loads from the bus when it
 /// starts: a node started after the events aged out replays none of them.
 async fn history_loaded_from_the_bus_keeps_its_age(bus: Bus) {

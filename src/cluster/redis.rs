@@ -132,6 +132,9 @@ impl Reader {
         let mut loaded = Some(loaded);
         // The last entry applied; `None` until the retained entries are loaded.
         let mut last: Option<String> = None;
+        // How many entries the stream had ever taken up to `last` (Redis 7's `entries-added`),
+        // when known: an entry that leaves before this node read it shows as a jump in it.
+        let mut counted: Option<u64> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
             if self.hub.upgrade().is_none_or(|hub| hub.is_closing()) {
@@ -141,7 +144,7 @@ impl Reader {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
             let result = match self.client.get_multiplexed_async_connection_with_config(&config).await {
-                Ok(mut conn) => self.read(&mut conn, &mut last, &mut loaded, &mut backoff).await,
+                Ok(mut conn) => self.read(&mut conn, &mut last, &mut counted, &mut loaded, &mut backoff).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -158,108 +161,185 @@ impl Reader {
     /// Loads what the stream retains (once), then follows it. `Ok` when the hub is gone.
     /// The bus counts as up, and the backoff starts over, only once a command has succeeded:
     /// a Redis that takes connections but refuses the commands is still down.
+    ///
+    /// Every read is one `MULTI` of `XREAD` (not blocking) and `XINFO STREAM`, so that what was
+    /// read and where the stream stands are one moment: a node that fell behind by more than the
+    /// stream keeps while its connection stayed up (a pause, a stopped process) sees the entries
+    /// it never read as a jump in `entries-added`, not as nothing. Only when there is nothing to
+    /// read does it wait, with a blocking `XREAD` whose answer only wakes it.
     async fn read(
         &self,
         conn: &mut MultiplexedConnection,
         last: &mut Option<String>,
+        counted: &mut Option<u64>,
         loaded: &mut Option<oneshot::Sender<()>>,
         backoff: &mut Duration,
     ) -> redis::RedisResult<()> {
-        match last {
-            None => {
-                let reply: StreamRangeReply = conn.xrevrange_count(&self.stream, "+", "-", self.max_len).await?;
-                let mut entries = reply.ids;
-                entries.reverse();
-                let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-                if let Some(first) = entries.first().and_then(|e| position(&e.id)) {
-                    // Whatever came before the oldest retained entry is out of reach.
-                    hub.begin_history_at(first - 1);
-                }
-                *last = Some(entries.last().map_or_else(|| "0-0".to_owned(), |e| e.id.clone()));
-                apply(&hub, entries);
-                if let Some(tx) = loaded.take() {
-                    let _ = tx.send(());
-                }
+        if last.is_none() {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .ignore_errors()
+                .xrevrange_count(&self.stream, "+", "-", self.max_len)
+                .cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.stream);
+            let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            let reply: StreamRangeReply = redis::from_redis_value_ref(&replies[0])?;
+            let place = place_of(&replies[1]);
+            let mut entries = reply.ids;
+            entries.reverse();
+            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+            match (entries.first().and_then(|e| position(&e.id)), place.as_ref().and_then(|p| p.last_generated)) {
+                // Whatever came before the oldest retained entry is out of reach.
+                (Some(first), _) => hub.begin_history_at(first - 1),
+                // Everything the stream ever took has left it.
+                (None, Some(generated)) if generated > 0 => hub.begin_history_at(generated),
+                _ => {}
             }
-            Some(after) => {
-                // Back after an outage: entries trimmed before this node read them are gone.
-                if let Some(floor) = self.trimmed_after(conn, after).await? {
-                    let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-                    tracing::warn!(
-                        stream = %self.stream,
-                        last_read = %after,
-                        "cluster bus: entries were trimmed from the stream before this node read them; \
-                         live streams end so that their clients resume and are told what they missed"
-                    );
-                    hub.begin_history_at(floor);
-                }
+            *counted = place.as_ref().and_then(|p| p.added);
+            let generated = place.and_then(|p| p.last_generated).filter(|&g| g > 0);
+            *last = Some(match (entries.last(), generated) {
+                (Some(e), _) => e.id.clone(),
+                (None, Some(g)) => entry_id(g),
+                (None, None) => "0-0".to_owned(),
+            });
+            apply(&hub, entries);
+            if let Some(tx) = loaded.take() {
+                let _ = tx.send(());
             }
         }
-        self.state.up();
-        *backoff = Duration::from_millis(100);
+        let mut up = false;
         loop {
             let from = last.clone().expect("set above");
-            let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(READ_COUNT);
-            let reply: Option<StreamReadReply> = conn.xread_options(&[&self.stream], &[&from], &options).await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .ignore_errors()
+                .xread_options(&[&self.stream], &[&from], &StreamReadOptions::default().count(READ_COUNT))
+                .cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.stream);
+            let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            if let redis::Value::ServerError(e) = &replies[0] {
+                return Err(redis::RedisError::from(e.clone()));
+            }
+            if !std::mem::replace(&mut up, true) {
+                self.state.up();
+                *backoff = Duration::from_millis(100);
+            }
+            let reply: Option<StreamReadReply> = redis::from_redis_value_ref(&replies[0])?;
+            let entries: Vec<StreamId> = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+            let place = place_of(&replies[1]);
             let Some(hub) = self.hub.upgrade() else { return Ok(()) };
             if hub.is_closing() {
                 return Ok(());
             }
-            let entries: Vec<StreamId> = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+            let from_pos = position(&from).unwrap_or(0);
+            let look = match &place {
+                Some(place) => check(*counted, entries.first().and_then(|e| position(&e.id)), entries.len(), place),
+                // No such key: the stream was deleted (or Redis restarted without persistence)
+                // with entries this node may not have read. New entries get ids from Redis's
+                // clock, so history starts just before now. Said once: then nothing is counted.
+                None if from_pos > 0 && *counted != Some(0) => {
+                    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+                    let ms = secs * 1000 + micros / 1000;
+                    Look { floor: Some((ms << SEQ_BITS).saturating_sub(1).max(from_pos)), counted: Some(0) }
+                }
+                None => Look { floor: None, counted: *counted },
+            };
+            if let Some(floor) = look.floor {
+                tracing::warn!(
+                    stream = %self.stream,
+                    last_read = %from,
+                    "cluster bus: entries left the stream before this node read them; \
+                     live streams end so that their clients resume and are told what they missed"
+                );
+                hub.begin_history_at(floor.max(from_pos));
+            }
+            *counted = look.counted;
+            let read = entries.len();
             if let Some(newest) = entries.last() {
                 *last = Some(newest.id.clone());
             }
             apply(&hub, entries);
-        }
-    }
-
-    /// Whether entries after `last` may have been removed before this node read them, and if
-    /// so the position history now starts after: the stream no longer holds `last`, or the
-    /// stream itself is gone.
-    async fn trimmed_after(&self, conn: &mut MultiplexedConnection, last: &str) -> redis::RedisResult<Option<u64>> {
-        let last_pos = position(last).unwrap_or(0);
-        let info: redis::Value = match redis::cmd("XINFO").arg("STREAM").arg(&self.stream).query_async(conn).await {
-            Ok(info) => info,
-            Err(e) if is_no_such_key(&e) && last_pos > 0 => {
-                // No such key: the stream was deleted (or Redis restarted without persistence)
-                // with entries this node may not have read. New entries get ids from Redis's
-                // clock, so history starts just before now.
-                tracing::warn!(stream = %self.stream, error = %e, "cluster bus: the stream is gone");
-                let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-                let ms = secs * 1000 + micros / 1000;
-                return Ok(Some((ms << SEQ_BITS).saturating_sub(1).max(last_pos)));
+            if read == 0 {
+                // Nothing new: wait for something, then look again.
+                let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(1);
+                let _: Option<StreamReadReply> = conn.xread_options(&[&self.stream], &[&from], &options).await?;
             }
-            Err(e) if is_no_such_key(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let field = |name: &str| info_field(&info, name);
-        let id_of = |v: &redis::Value| match v {
-            redis::Value::Array(entry) => entry.first().and_then(value_str).and_then(|id| position(&id)),
-            other => value_str(other).and_then(|id| position(&id)),
-        };
-        let number = |name: &str| match field(name) {
-            Some(redis::Value::Int(n)) => Some(*n),
-            _ => None,
-        };
-        if let (Some(added), Some(length)) = (number("entries-added"), number("length"))
-            && added == length
-        {
-            // Nothing was ever removed (Redis 7 counts what was added).
-            return Ok(None);
-        }
-        // Trimming removes the oldest entries first: if the last entry read is still there,
-        // nothing after it was removed. If it is gone, entries after it may be too (Redis does
-        // not say how many were trimmed), so history is taken to start at the oldest entry kept.
-        match field("first-entry") {
-            Some(first @ redis::Value::Array(_)) => Ok(id_of(first).filter(|&f| f > last_pos).map(|f| f - 1)),
-            // Empty: everything was removed; new entries come after the last id generated.
-            _ => Ok(field("last-generated-id").and_then(id_of).filter(|&g| g > last_pos)),
         }
     }
 }
 
-fn is_no_such_key(e: &redis::RedisError) -> bool {
-    matches!(e.kind(), redis::ErrorKind::Server(_)) && e.to_string().contains("no such key")
+/// Where a stream stands, from `XINFO STREAM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    /// Entries it ever took (Redis 7 and later).
+    added: Option<u64>,
+    length: u64,
+    first: Option<u64>,
+    last_generated: Option<u64>,
+}
+
+/// What one look found: where history now starts, if entries were lost, and the count of
+/// entries ever taken up to the last one read.
+#[derive(Debug, PartialEq, Eq)]
+struct Look {
+    floor: Option<u64>,
+    counted: Option<u64>,
+}
+
+/// Compares a read (`read` entries from `first_read` on) with where the stream stood at the same
+/// moment. `counted` entries had been taken up to the last entry read before. The stream trims
+/// its oldest entries first, so if the first entry read is the stream's first, the entries
+/// before it number `added - length`; more than `counted` means some left unread.
+fn check(counted: Option<u64>, first_read: Option<u64>, read: usize, place: &Place) -> Look {
+    let Some(added) = place.added else { return Look { floor: None, counted: None } };
+    let front = added.saturating_sub(place.length);
+    let starts_at_front = first_read.is_some() && first_read == place.first;
+    let lost = counted.is_some_and(|c| {
+        // Fewer taken than read: the stream was made again.
+        added < c || (starts_at_front && front > c) || (read == 0 && place.length == 0 && added > c)
+    });
+    let floor = lost.then(|| match first_read {
+        Some(first) => first - 1,
+        None => place.last_generated.unwrap_or(0),
+    });
+    let counted = if read < READ_COUNT {
+        // The read reached the end of the stream.
+        Some(added)
+    } else if starts_at_front {
+        Some(front + read as u64)
+    } else {
+        counted.map(|c| c + read as u64)
+    };
+    Look { floor, counted }
+}
+
+/// The `XINFO STREAM` reply as a [`Place`]; `None` when there is no such stream.
+fn place_of(info: &redis::Value) -> Option<Place> {
+    if let redis::Value::ServerError(_) = info {
+        return None;
+    }
+    let field = |name: &str| info_field(info, name);
+    let number = |name: &str| match field(name) {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let id_of = |v: &redis::Value| match v {
+        redis::Value::Array(entry) => entry.first().and_then(value_str).and_then(|id| position(&id)),
+        other => value_str(other).and_then(|id| position(&id)),
+    };
+    Some(Place {
+        added: number("entries-added"),
+        length: number("length").unwrap_or(0),
+        first: field("first-entry").and_then(id_of),
+        last_generated: field("last-generated-id").and_then(id_of),
+    })
+}
+
+/// A position as an entry id.
+fn entry_id(pos: u64) -> String {
+    format!("{}-{}", pos >> SEQ_BITS, pos & ((1 << SEQ_BITS) - 1))
 }
 
 /// A field of an `XINFO STREAM` reply (a map in RESP3, name/value pairs in RESP2).
@@ -305,7 +385,29 @@ fn decode(entry: &StreamId) -> Result<Incoming, &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::position;
+    use super::*;
+
+    #[test]
+    fn a_read_that_starts_past_unread_entries_is_a_loss() {
+        let place = |added, length, first| Place { added: Some(added), length, first: Some(first), last_generated: Some(first + length) };
+        // 10 taken up to what was read; the stream holds 6..15 and the read goes on at 11,
+        // past its front: nothing lost.
+        assert_eq!(check(Some(10), Some(11), 4, &place(15, 10, 6)), Look { floor: None, counted: Some(15) });
+        // Stopped at 10 while 200 more came and all but 10 left: reading from the front (191)
+        // with 190 entries before it, only 10 of them read.
+        assert_eq!(check(Some(10), Some(191), 10, &place(200, 10, 191)), Look { floor: Some(190), counted: Some(200) });
+        // Not from the front: the stream still held the entry after ours, nothing left unread.
+        assert_eq!(check(Some(10), Some(11), 3, &place(13, 10, 4)).floor, None);
+        // Made again from scratch: fewer taken than this node had read.
+        assert_eq!(check(Some(50), Some(1), 1, &place(1, 1, 1)).floor, Some(0));
+        // Emptied: everything after what was read left.
+        let empty = Place { added: Some(30), length: 0, first: None, last_generated: Some(777) };
+        assert_eq!(check(Some(10), None, 0, &empty), Look { floor: Some(777), counted: Some(30) });
+        // Redis before 7 says nothing of what it took.
+        assert_eq!(check(Some(1), Some(5), 1, &Place { added: None, ..empty }), Look { floor: None, counted: None });
+        // A full batch: counted from where it started.
+        assert_eq!(check(Some(10), Some(11), READ_COUNT, &place(5000, 4000, 1001)).counted, Some(10 + READ_COUNT as u64));
+    }
 
     #[test]
     fn entry_ids_map_to_increasing_positions() {
@@ -315,5 +417,6 @@ mod tests {
         assert_eq!(position("1700000000000-1048576"), None, "a sequence past 20 bits");
         assert_eq!(position("garbage"), None);
         assert_eq!(position("1-x"), None);
+        assert_eq!(position(&entry_id(position("1700000000000-7").unwrap())), position("1700000000000-7"));
     }
 }
