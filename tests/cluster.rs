@@ -525,12 +525,14 @@ async fn nats_a_recreated_stream_makes_the_node_refuse_publishes() {
         let health = http().get(a.url("/healthz")).send().await.unwrap();
         let code = health.status();
         let health: serde_json::Value = health.json().await.unwrap();
-        code == 503 && health["bus"]["last_error"].as_str().is_some_and(|e| e.contains("recreated"))
+        code == 503 && health["bus"]["last_error"].as_str().is_some_and(|e| e.contains("was recreated"))
     })
     .await;
     let resp = publish(&a, "r", "three").await;
-    assert_eq!(resp.status(), 503);
-    assert!(resp.text().await.unwrap().contains("cluster bus (nats) unavailable"));
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cluster bus (nats) unavailable"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,6 +549,68 @@ async fn nats_a_foreign_message_on_the_stream_is_skipped_without_ending_streams(
     let next = publish_ok(&a, "f", "two").await;
     let ev = sub.next_event().await;
     assert_eq!((ev.last_event_id.as_str(), ev.data.as_str()), (next.as_str(), "two"));
+}
+
+/// A client that published on one node and at once resumes on another with that id is served
+/// from it: the node waits briefly until it has read the id from the bus (read-your-writes)
+/// instead of answering `missed: unknown` and replaying everything.
+async fn a_client_resuming_on_a_lagging_node_reads_its_own_writes(bus: Bus) {
+    let (a, b) = (node(&bus).await, node(&bus).await);
+    for i in 0..20 {
+        let id = publish_ok(&a, "ryw", &format!("mine {i}")).await;
+        let mut sse = Sse::open_with(&b.url("/sse/ryw"), &[("last-event-id", &id)]).await;
+        publish_ok(&a, "ryw", &format!("next {i}")).await;
+        let ev = sse.next_event().await;
+        assert_eq!(ev.data, format!("next {i}"), "round {i}: {ev:?}");
+    }
+}
+
+/// An event a node cannot take (every one of its `max_channels` has a subscriber) is counted,
+/// logged and shown in `/stats` and `/healthz`, never dropped without a trace.
+async fn an_event_a_node_cannot_apply_is_counted_and_shown(bus: Bus) {
+    let a = node(&bus).await;
+    let b = TestServer::with({
+        let bus = bus.clone();
+        move |c| {
+            c.cluster.bus = bus.url;
+            c.cluster.stream = bus.stream;
+            c.max_channels = 1;
+        }
+    })
+    .await;
+    let _held = Sse::open(&b.url("/sse/held")).await;
+    support::subscribers(&b, "held", 1).await;
+    publish_ok(&a, "other", "b has no room for it").await;
+    support::eventually(async || b.stats().await["totals"]["bus_unapplied"] == 1).await;
+    let health: serde_json::Value = http().get(b.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["bus"]["unapplied"], 1, "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_stream_recreated_past_the_old_sequence_is_detected() {
+    let bus = nats_bus("recreated_past", NATS).await;
+    let a = node(&bus).await;
+    publish_ok(&a, "r", "one").await;
+    publish_ok(&a, "r", "two").await;
+    let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+    js.delete_stream(&bus.stream).await.unwrap();
+    // Made again at once and filled past the node's sequence before it looks: only the creation
+    // time tells the streams apart.
+    let config = async_nats::jetstream::stream::Config {
+        name: bus.stream.clone(),
+        subjects: vec![format!("{}.>", bus.stream)],
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.unwrap();
+    for i in 0..10 {
+        js.publish(format!("{}.foreign", bus.stream), format!("{i}").into()).await.unwrap().await.unwrap();
+    }
+    support::eventually(async || {
+        let health: serde_json::Value = http().get(a.url("/healthz")).send().await.unwrap().json().await.unwrap();
+        health["bus"]["last_error"].as_str().is_some_and(|e| e.contains("was recreated"))
+    })
+    .await;
+    assert_eq!(publish(&a, "r", "three").await.status(), 503);
 }
 
 /// The scenarios that run the same way on both buses: once over Redis, once over NATS.
@@ -576,4 +640,6 @@ on_both_buses! {
     a_client_moving_to_another_node_resumes_exactly: "move",
     a_node_restarted_mid_stream_catches_up: "restart",
     history_loaded_from_the_bus_keeps_its_age: "aged",
+    a_client_resuming_on_a_lagging_node_reads_its_own_writes: "ryw",
+    an_event_a_node_cannot_apply_is_counted_and_shown: "unapplied",
 }

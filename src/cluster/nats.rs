@@ -29,7 +29,15 @@ pub struct NatsBus {
     client: async_nats::Client,
     subject_prefix: String,
     state: Arc<BusState>,
+    /// This node's prefix for message ids (`Nats-Msg-Id`), and the counter after it.
+    node: String,
+    sent: std::sync::atomic::AtomicU64,
 }
+
+/// Tries of one batch: JetStream drops a message whose `Nats-Msg-Id` it already has (within
+/// its duplicate window), so sending a batch again after a lost acknowledgement adds only what
+/// was missing, and its positions are those of the first copy.
+const PUBLISH_TRIES: u32 = 3;
 
 /// `cluster.stream` as a JetStream stream name.
 pub fn stream_name(configured: &str) -> String {
@@ -63,7 +71,15 @@ impl NatsBus {
             ..Default::default()
         };
         let state = Arc::new(BusState::default());
-        let bus = Arc::new(NatsBus { js: js.clone(), client, subject_prefix: name, state: state.clone() });
+        let node = format!("{:x}-{:x}", std::process::id(), crate::event::now_wall_us());
+        let bus = Arc::new(NatsBus {
+            js: js.clone(),
+            client,
+            subject_prefix: name,
+            state: state.clone(),
+            node,
+            sent: std::sync::atomic::AtomicU64::new(0),
+        });
         let (loaded, on_loaded) = oneshot::channel();
         let reader = Reader { hub: Arc::downgrade(hub), js, client: bus.client.clone(), stream_config, state };
         tokio::spawn(reader.run(loaded));
@@ -71,13 +87,31 @@ impl NatsBus {
     }
 
     async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
-        let fail = |message: String| BusError { kind: "nats", message };
         self.state.check_usable("nats")?;
+        let first = self.sent.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let ids: Vec<String> = (0..events.len() as u64).map(|i| format!("{}-{}", self.node, first + i)).collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.send_batch(events, &ids).await {
+                Ok(positions) => return Ok(positions),
+                Err(e) if tries < PUBLISH_TRIES => {
+                    tracing::debug!(error = %e, tries, "cluster bus: sending the batch again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_batch(&self, events: &[Outgoing], ids: &[String]) -> Result<Vec<u64>, BusError> {
+        let fail = |message: String| BusError { kind: "nats", message };
         // Send them all, then collect the acknowledgements: one round trip for a batch, and the
         // stream keeps the order they were sent in.
         let mut acks = Vec::with_capacity(events.len());
-        for ev in events {
+        for (ev, id) in events.iter().zip(ids) {
             let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
             let channels = ev.channels.iter().map(|c| &**c).collect::<Vec<_>>().join(",");
             headers.insert("Herald-Channels", channels.as_str());
             if let Some(id) = &ev.custom_id {
@@ -136,12 +170,15 @@ impl Reader {
         let mut loaded = Some(loaded);
         // The last sequence applied; `None` until the retained messages are loaded.
         let mut last: Option<u64> = None;
+        // When the stream was made, as first seen: a stream deleted and made again, even past
+        // the old sequence numbers, has another.
+        let mut created = None;
         let mut backoff = Duration::from_millis(100);
         loop {
             if self.hub.upgrade().is_none_or(|hub| hub.is_closing()) {
                 return;
             }
-            match self.read(&mut last, &mut loaded, &mut backoff).await {
+            match self.read(&mut last, &mut created, &mut loaded, &mut backoff).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.state.down(e);
@@ -154,18 +191,26 @@ impl Reader {
 
     /// Makes sure the stream exists, loads what it retains (once), then follows it with an
     /// ordered consumer. `Ok` when the hub is gone.
-    async fn read(&self, last: &mut Option<u64>, loaded: &mut Option<oneshot::Sender<()>>, backoff: &mut Duration) -> Result<(), String> {
+    async fn read(
+        &self,
+        last: &mut Option<u64>,
+        created: &mut Option<async_nats::datetime::DateTime>,
+        loaded: &mut Option<oneshot::Sender<()>>,
+        backoff: &mut Duration,
+    ) -> Result<(), String> {
         let mut stream = self.js.get_or_create_stream(self.stream_config.clone()).await.map_err(|e| e.to_string())?;
-        let info = stream.info().await.map_err(|e| e.to_string())?.state.clone();
+        let full = stream.info().await.map_err(|e| e.to_string())?.clone();
+        let info = full.state.clone();
+        let made = *created.get_or_insert(full.created);
         let start = match *last {
-            Some(seq) if info.last_sequence < seq => {
+            Some(seq) if info.last_sequence < seq || full.created != made => {
                 // The stream was deleted and made again: its sequences, which are this
                 // cluster's ids, started over. Events numbered again from 1 would be taken for
                 // repeats and dropped, so refuse publishes instead and say why.
                 self.state.break_for_good(format!(
-                    "the JetStream stream `{}` was recreated (its last sequence is {}, this node had read up to {seq}): \
+                    "the JetStream stream `{}` was recreated (made {}, not {made}; its last sequence is {}, this node had read up to {seq}): \
                      restart every node",
-                    self.stream_config.name, info.last_sequence
+                    self.stream_config.name, full.created, info.last_sequence
                 ));
                 return Err("the stream was recreated".into());
             }
@@ -217,7 +262,7 @@ impl Reader {
                     ticks += 1;
                     if ticks % STREAM_CHECK_EVERY == 0 {
                         let info = stream.info().await.map_err(|e| format!("stream `{}`: {e}", self.stream_config.name))?;
-                        if last.is_some_and(|seq| info.state.last_sequence < seq) {
+                        if last.is_some_and(|seq| info.state.last_sequence < seq) || info.created != made {
                             return Err(format!("stream `{}` went back to sequence {}", self.stream_config.name, info.state.last_sequence));
                         }
                     }

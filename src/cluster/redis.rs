@@ -73,7 +73,10 @@ impl RedisBus {
     async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
         let fail = |e: redis::RedisError| BusError { kind: "redis", message: e.to_string() };
         let mut conn = self.connection().await.map_err(fail)?;
+        // One MULTI: the batch is on the stream whole or not at all, so a publisher told 503
+        // never has part of its batch delivered.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for ev in events {
             let channels = ev.channels.iter().map(|c| &**c).collect::<Vec<_>>().join("\n");
             let mut fields: Vec<(&str, &[u8])> = vec![("c", channels.as_bytes()), ("f", &ev.partial)];

@@ -159,11 +159,21 @@ pub struct ClusterConfig {
     /// Age past which the stream drops entries (NATS JetStream only). `0s`: no age limit.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// How long a subscription resuming from an id this node has not read from the bus yet
+    /// (the client published it on another node a moment ago) waits for it.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_wait: Duration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { bus: String::new(), stream: "herald:events".into(), max_len: 100_000, max_age: Duration::ZERO }
+        ClusterConfig {
+            bus: String::new(),
+            stream: "herald:events".into(),
+            max_len: 100_000,
+            max_age: Duration::ZERO,
+            catch_up_wait: Duration::from_secs(1),
+        }
     }
 }
 

@@ -44,7 +44,12 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     let body = serde_json::json!({
         "status": if bus_state.connected() { "ok" } else { "bus unavailable" },
         "store": bus.kind(),
-        "bus": { "kind": bus.kind(), "connected": bus_state.connected(), "last_error": bus_state.last_error() },
+        "bus": {
+            "kind": bus.kind(),
+            "connected": bus_state.connected(),
+            "last_error": bus_state.last_error(),
+            "unapplied": state.hub.unapplied(),
+        },
     });
     let code = if bus_state.connected() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()

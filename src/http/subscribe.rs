@@ -48,7 +48,7 @@ pub async fn by_path(
 ) -> Result<Response, ApiError> {
     let mut q = parse_query(raw.as_deref())?;
     q.channels = vec![channel];
-    open(&state, q, &headers)
+    open(&state, q, &headers).await
 }
 
 pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -56,10 +56,10 @@ pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, he
     if q.channels.is_empty() {
         return Err(ApiError::bad_request("name at least one channel: /sse/{channel} or /sse?channel=a&channel=b"));
     }
-    open(&state, q, &headers)
+    open(&state, q, &headers).await
 }
 
-fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
     let limit = state.hub.config().max_channels_per_connection;
     if q.channels.len() > limit {
         return Err(ApiError::bad_request(format!(
@@ -79,6 +79,9 @@ fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Resp
     }
     // An empty Last-Event-ID is what a client sends when it never saw an id.
     let last_event_id = last_event_id.filter(|id| !id.is_empty());
+    if let Some(pos) = last_event_id.as_deref().and_then(crate::hub::parse_position) {
+        state.hub.caught_up_to(pos, state.hub.config().cluster.catch_up_wait).await;
+    }
     let subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
     // Whoever serves the connection takes the subscription: the socket path from the extension,
     // hyper by polling the body.

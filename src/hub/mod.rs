@@ -74,6 +74,8 @@ pub struct Hub {
     closing: AtomicBool,
     started: Instant,
     published: AtomicU64,
+    /// Events (counted once per channel) read from the bus that this node could not apply.
+    unapplied: AtomicU64,
     subscriptions: AtomicUsize,
     /// Keep-alive ticks so far (see [`Hub::keepalive_tick`]).
     keepalive_ticks: AtomicU64,
@@ -134,6 +136,7 @@ impl Hub {
             closing: AtomicBool::new(false),
             started: Instant::now(),
             published: AtomicU64::new(0),
+            unapplied: AtomicU64::new(0),
             subscriptions: AtomicUsize::new(0),
             keepalive_ticks: AtomicU64::new(0),
             bus: std::sync::OnceLock::new(),
@@ -295,7 +298,12 @@ impl Hub {
             for name in &ev.channels {
                 match self.channel(name) {
                     Ok(ch) => channels.push(ch),
-                    Err(e) => tracing::warn!(channel = %name, error = %e, "event from the cluster bus not delivered to this channel"),
+                    Err(e) => {
+                        // Other nodes delivered it: this node's clients of that channel miss
+                        // it, which an operator must be able to see (/stats, /healthz).
+                        let total = self.unapplied.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::error!(channel = %name, pos = ev.pos, error = %e, unapplied = total, "event from the cluster bus not applied to this channel");
+                    }
                 }
             }
             if !channels.is_empty() {
@@ -518,6 +526,24 @@ impl Hub {
         self.visibility.watermark()
     }
 
+    /// Events from the bus this node could not apply (see [`Totals::bus_unapplied`]).
+    pub fn unapplied(&self) -> u64 {
+        self.unapplied.load(Ordering::Relaxed)
+    }
+
+    /// In a cluster, waits up to `limit` for this node to have read position `pos` from the
+    /// bus: a client that published on another node and reconnects here with that id is then
+    /// served from it (read-your-writes) instead of being told the id is unknown.
+    pub async fn caught_up_to(&self, pos: u64, limit: Duration) {
+        if self.bus.get().is_none() || self.watermark() >= pos {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.watermark() < pos && tokio::time::Instant::now() < deadline && !self.is_closing() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub(crate) fn subscription_opened(&self) {
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
     }
@@ -592,6 +618,7 @@ impl Hub {
                 channels: channels.len(),
                 subscriptions: self.subscriptions.load(Ordering::Relaxed),
                 published: self.published.load(Ordering::Relaxed),
+                bus_unapplied: self.unapplied(),
                 history_memory_cap: self.budget.cap(),
                 ..Totals::default()
             },
@@ -641,7 +668,7 @@ enum Appended {
 }
 
 /// A Herald id is the decimal position: digits only, no sign, no leading zero.
-fn parse_position(id: &str) -> Option<u64> {
+pub fn parse_position(id: &str) -> Option<u64> {
     let canonical = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
     if canonical { id.parse().ok() } else { None }
 }
@@ -686,6 +713,8 @@ pub struct Totals {
     /// Subscriptions counted once per channel they read.
     pub subscribers: usize,
     pub published: u64,
+    /// Events from the cluster bus this node could not apply (once per channel).
+    pub bus_unapplied: u64,
     pub history_len: usize,
     pub history_bytes: usize,
     pub history_memory_cap: usize,
