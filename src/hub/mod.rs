@@ -251,17 +251,26 @@ impl Hub {
 
     /// Refuses a request that would create more than `limits.max_new_channels_per_request`
     /// channels, before it creates any.
-    pub fn admit_new<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<(), ChannelError> {
+    pub fn admit_new<'a, I>(&self, names: I) -> Result<(), ChannelError>
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: Clone,
+    {
         let limit = self.config.limits.max_new_channels_per_request;
+        let names = names.into_iter();
         let map = self.channels.read();
-        let mut new: Vec<&str> = names.into_iter().filter(|n| !map.contains_key(*n)).collect();
+        // Counted without allocating; only a request past the limit is looked at twice, for
+        // names it repeats.
+        let new = names.clone().filter(|n| !map.contains_key(*n)).count();
+        if new <= limit {
+            return Ok(());
+        }
+        let mut new: Vec<&str> = names.filter(|n| !map.contains_key(*n)).collect();
         drop(map);
+        new.sort_unstable();
+        new.dedup();
         if new.len() > limit {
-            new.sort_unstable();
-            new.dedup();
-            if new.len() > limit {
-                return Err(ChannelError::TooManyNew { wanted: new.len(), limit });
-            }
+            return Err(ChannelError::TooManyNew { wanted: new.len(), limit });
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -18,6 +20,12 @@ pub struct Proxy {
 impl Proxy {
     /// Relays 127.0.0.1:`port` (an ephemeral port) to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Proxy {
+        Self::start_with_delay(upstream, Duration::ZERO).await
+    }
+
+    /// Like [`start`](Self::start), holding back what `upstream` answers by `delay` (a slow
+    /// link, or a node that reads its bus late).
+    pub async fn start_with_delay(upstream: SocketAddr, delay: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
@@ -30,8 +38,30 @@ impl Proxy {
                     continue;
                 }
                 let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                    if delay.is_zero() {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let up = tokio::io::copy(&mut in_read, &mut out_write);
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match out_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            tokio::time::sleep(delay).await;
+                            if in_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        () = down => {}
                     }
                 });
                 links2.lock().push(link);
