@@ -172,3 +172,88 @@ fn an_unusable_data_directory_stops_startup_and_names_the_key() {
     assert!(err.contains("history.dir"), "{err}");
     drop(node);
 }
+
+/// A tmpfs of `mb` MiB mounted for one test (needs root, as CI runs), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "could not mount a {mb} MiB tmpfs: this test needs root (CI runs as root)");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Data that does not compress: the store must really use the disk.
+fn incompressible(n: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_reports_not_ready_and_recovers_when_space_returns() {
+    let disk = SmallDisk::mount(200);
+    // Room the test gives back later.
+    std::fs::write(disk.path().join("filler"), vec![1u8; 70 << 20]).unwrap();
+    let node = Node::start(disk.path());
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in 0..2000u64 {
+        let resp = http().post(node.url("/sse/full")).json(&json!({ "data": incompressible(150_000, i) })).send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => acked.push(resp.json::<serde_json::Value>().await.unwrap()["ids"][0].as_str().unwrap().to_owned()),
+            503 => {
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            other => panic!("publish {i}: {other}"),
+        }
+    }
+    assert_eq!(refused, 3, "the disk filled up ({} events acknowledged)", acked.len());
+    let health = http().get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503, "not ready while the store cannot be written");
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert!(health["store_error"].as_str().is_some_and(|e| e.contains("not writable")), "{health}");
+
+    // Space comes back: the hub reopens its store by itself and takes publishes again.
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    support::eventually(async || http().get(node.url("/healthz")).send().await.unwrap().status() == 200).await;
+    acked.extend(publish(&node, "/sse/full", json!({ "data": "after" })).await);
+    // Exactly the acknowledged events, in order: none of the refused ones.
+    let stats: serde_json::Value = http().get(node.url("/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["channels"]["full"]["history_len"].as_u64(), Some(acked.len() as u64), "{}", stats["channels"]);
+    let (got, _) = replay(&node, "/sse/full?replay=all", None, acked.len()).await;
+    assert_eq!(got.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), acked);
+    // And so after a crash and a restart.
+    let mut node = node;
+    node.kill_9();
+    let node = Node::start(disk.path());
+    let (got, _) = replay(&node, "/sse/full?replay=all", None, acked.len()).await;
+    assert_eq!(got.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), acked, "after kill -9 and a restart");
+}

@@ -81,6 +81,8 @@ struct Inner {
     /// Position of the newest event that left the log, or the floor it was created with: a
     /// client resuming from before it may have missed events.
     floor_pos: u64,
+    /// Slots voided by [`ChannelLog::void`] still held: not events, for the stats.
+    holes: usize,
 }
 
 impl ChannelLog {
@@ -89,7 +91,7 @@ impl ChannelLog {
         ChannelLog {
             retention,
             window: retention.max_events.max(MIN_WINDOW),
-            inner: Mutex::new(Inner { events: VecDeque::new(), first_seq: 0, bytes: 0, floor_pos: floor }),
+            inner: Mutex::new(Inner { events: VecDeque::new(), first_seq: 0, bytes: 0, floor_pos: floor, holes: 0 }),
         }
     }
 
@@ -135,6 +137,7 @@ impl ChannelLog {
         let hole = Arc::new(Event { pos, custom_id: None, channels: Box::new([]), frame: Bytes::new(), published_at: ev.published_at });
         inner.events[i] = hole;
         inner.bytes -= freed;
+        inner.holes += 1;
         freed
     }
 
@@ -260,7 +263,12 @@ impl ChannelLog {
     /// Events replayable to a reconnecting client, and the bytes the log holds.
     pub fn stats(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        let replayable = inner.events.len() - inner.replay_start(&self.retention, Instant::now());
+        let from = inner.replay_start(&self.retention, Instant::now());
+        let replayable = match inner.holes {
+            0 => inner.events.len() - from,
+            // Rare (a failed store write): counted one by one.
+            _ => inner.events.range(from..).filter(|e| !e.frame.is_empty()).count(),
+        };
         (replayable, inner.bytes)
     }
 
@@ -284,6 +292,9 @@ impl Inner {
     fn pop_front(&mut self) -> usize {
         match self.events.pop_front() {
             Some(ev) => {
+                if ev.frame.is_empty() {
+                    self.holes -= 1;
+                }
                 self.first_seq += 1;
                 self.floor_pos = ev.pos;
                 self.bytes -= ev.frame.len();

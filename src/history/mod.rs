@@ -38,6 +38,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         Box::pin(futures_util::future::ready(Ok(None)))
     }
 
+    /// Why the store cannot take writes now (a full disk, say), for `/healthz`; `None` when
+    /// it can.
+    fn problem(&self) -> Option<String> {
+        None
+    }
+
     /// The hub dropped `channel` and its history up to `upto` (it reclaimed the channel at
     /// `max_channels`): the store lets those events go too, in order with the appends before.
     fn forget(&self, channel: &str, upto: u64) {
@@ -53,6 +59,6 @@ pub trait HistoryStore: Send + Sync + 'static {
 /// Resolves once appended events are durable (or could not be made so).
 pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("history store: {0}")]
 pub struct StoreError(pub String);

@@ -31,14 +31,23 @@ pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Re
     Ok(Json(state.hub.stats(limit, after.as_deref())))
 }
 
-/// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down or, in a
-/// cluster, while the bus is unreachable (the body says which, and the bus's last error).
+/// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down, while the
+/// history store cannot be written (a full disk), or, in a cluster, while the bus is unreachable
+/// (the body says which, and why).
 pub async fn healthz(State(state): State<AppState>) -> Response {
     if state.hub.is_closing() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "shutting down" }))).into_response();
     }
     let Some(bus) = state.hub.bus() else {
-        return Json(serde_json::json!({ "status": "ok", "store": state.hub.store().kind() })).into_response();
+        let store = state.hub.store();
+        return match store.problem() {
+            None => Json(serde_json::json!({ "status": "ok", "store": store.kind() })).into_response(),
+            Some(problem) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "store unavailable", "store": store.kind(), "store_error": problem })),
+            )
+                .into_response(),
+        };
     };
     let bus_state = bus.state();
     let body = serde_json::json!({

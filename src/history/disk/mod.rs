@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
-use writer::{Command, Writer};
+use writer::{Command, Engine, Health, Writer};
 
 pub use writer::RetentionOf;
 
@@ -41,6 +41,7 @@ pub struct Recovered {
 
 pub struct DiskStore {
     commands: mpsc::Sender<Command>,
+    health: Arc<Health>,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -50,20 +51,24 @@ impl DiskStore {
     pub fn open(config: &HistoryConfig, retention_of: RetentionOf) -> anyhow::Result<(DiskStore, Recovered)> {
         let dir = &config.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("history.dir: cannot create {}", dir.display()))?;
-        let db = fjall::Database::builder(dir)
-            .open()
-            .with_context(|| format!("history.dir: cannot open the store in {} (is another herald using it?)", dir.display()))?;
-        let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default).context("history.dir: open the events keyspace")?;
-        let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default).context("history.dir: open the floors keyspace")?;
-        let recovered = recover(&events, &floors).with_context(|| format!("history.dir: read back {}", dir.display()))?;
-        let mut writer = Writer::new(db, events, floors, config.fsync, config.fsync_interval, retention_of);
+        let engine = Engine::open(dir).map_err(|e| match e {
+            fjall::Error::Locked => anyhow::anyhow!("history.dir: the store in {} is in use by another herald", dir.display()),
+            other => anyhow::anyhow!(
+                "history.dir: the store in {} cannot be opened: {other}. It may be damaged: keep a copy of the directory, \
+                 then start with another history.dir, or move this one aside",
+                dir.display()
+            ),
+        })?;
+        let recovered = recover(&engine.events, &engine.floors).with_context(|| format!("history.dir: read back {}", dir.display()))?;
+        let health = Arc::new(Health::default());
+        let mut writer = Writer::new(engine, dir.clone(), config.fsync, config.fsync_interval, retention_of, health.clone());
         for (name, _, evs) in &recovered.channels {
             writer.know(name.clone(), evs.len() as u64);
         }
         let (tx, rx) = mpsc::channel();
         let handle =
             std::thread::Builder::new().name("herald-store".into()).spawn(move || writer.run(rx)).context("start the store writer")?;
-        Ok((DiskStore { commands: tx, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
+        Ok((DiskStore { commands: tx, health, writer: parking_lot::Mutex::new(Some(handle)) }, recovered))
     }
 
     /// Queues a command for the writer; what it returns resolves with the writer's answer.
@@ -82,6 +87,10 @@ impl HistoryStore for DiskStore {
 
     fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
         self.send(|done| Command::Append { events: events.to_vec(), done }).map(Some)
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.health.problem()
     }
 
     fn forget(&self, channel: &str, upto: u64) {

@@ -12,6 +12,7 @@ use crate::event::Event;
 use crate::history::{Retention, StoreError};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use tokio::sync::oneshot;
 
 /// How often retention by age is applied.
 const AGE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often a store that failed is reopened to see whether it can be written again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Command {
     Append {
@@ -45,28 +48,83 @@ struct ChannelState {
     retention: Option<Retention>,
 }
 
-pub struct Writer {
+/// The open database and its two keyspaces.
+pub struct Engine {
     pub db: Database,
     pub events: Keyspace,
     pub floors: Keyspace,
-    pub fsync: FsyncMode,
-    pub fsync_interval: Duration,
-    pub retention_of: RetentionOf,
+}
+
+impl Engine {
+    pub fn open(dir: &Path) -> fjall::Result<Engine> {
+        let db = Database::builder(dir).open()?;
+        let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
+        let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default)?;
+        Ok(Engine { db, events, floors })
+    }
+}
+
+/// Whether the store takes writes, for `/healthz`: `None` when it does, else why not.
+#[derive(Default)]
+pub struct Health(parking_lot::Mutex<Option<String>>);
+
+impl Health {
+    pub fn problem(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+
+    fn set(&self, problem: Option<String>) {
+        *self.0.lock() = problem;
+    }
+}
+
+/// A write or a sync failed (a full disk, an I/O error). Nothing more is written, and nothing
+/// acknowledged, until the store has been reopened (which reads back and checks what really
+/// is on disk) and the events of the failed writes, which may or may not have reached it, are
+/// deleted: a later sync that succeeds says nothing about writes before a failed one, so they
+/// must not count as safe (the fsync-gate problem).
+struct Poison {
+    why: String,
+    /// Keys of the events whose writes failed.
+    failed: Vec<Vec<u8>>,
+    /// Reclaimed channels to delete once the store is back.
+    forgets: Vec<(Arc<str>, u64)>,
+}
+
+pub struct Writer {
+    /// `None` while a failed store is closed to be reopened.
+    engine: Option<Engine>,
+    dir: PathBuf,
+    fsync: FsyncMode,
+    fsync_interval: Duration,
+    retention_of: RetentionOf,
     channels: HashMap<Arc<str>, ChannelState>,
     /// Written since the last sync to disk.
     unsynced: bool,
+    poison: Option<Poison>,
+    health: Arc<Health>,
 }
 
 impl Writer {
     pub fn new(
-        db: Database,
-        events: Keyspace,
-        floors: Keyspace,
+        engine: Engine,
+        dir: PathBuf,
         fsync: FsyncMode,
         fsync_interval: Duration,
         retention_of: RetentionOf,
+        health: Arc<Health>,
     ) -> Self {
-        Writer { db, events, floors, fsync, fsync_interval, retention_of, channels: HashMap::new(), unsynced: false }
+        Writer {
+            engine: Some(engine),
+            dir,
+            fsync,
+            fsync_interval,
+            retention_of,
+            channels: HashMap::new(),
+            unsynced: false,
+            poison: None,
+            health,
+        }
     }
 
     /// Events already on disk for `channel` (from recovery).
@@ -78,11 +136,15 @@ impl Writer {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut next_age_sweep = Instant::now() + AGE_SWEEP_EVERY;
         let mut next_sync = Instant::now() + self.fsync_interval;
+        let mut next_reopen = Instant::now();
         loop {
             let now = Instant::now();
             let mut deadline = next_age_sweep;
             if self.fsync == FsyncMode::Interval && self.unsynced {
                 deadline = deadline.min(next_sync);
+            }
+            if self.poison.is_some() {
+                deadline = deadline.min(next_reopen);
             }
             match commands.recv_timeout(deadline.saturating_duration_since(now)) {
                 Ok(first) => {
@@ -92,23 +154,29 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(e) = self.sync() {
+                    if self.poison.is_none()
+                        && let Err(e) = self.sync()
+                    {
                         tracing::error!(error = %e, "history store: final sync failed");
                     }
                     return;
                 }
             }
             let now = Instant::now();
+            if self.poison.is_some() && now >= next_reopen {
+                next_reopen = now + REOPEN_EVERY;
+                self.reopen();
+            }
             if self.fsync == FsyncMode::Interval && now >= next_sync {
                 next_sync = now + self.fsync_interval;
                 if let Err(e) = self.sync() {
-                    tracing::error!(error = %e, "history store: interval sync failed");
+                    self.poisoned(format!("interval sync: {e}"), Vec::new());
                 }
             }
             if now >= next_age_sweep {
                 next_age_sweep = now + AGE_SWEEP_EVERY;
                 if let Err(e) = self.expire() {
-                    tracing::error!(error = %e, "history store: retention by age failed");
+                    self.poisoned(format!("retention by age: {e}"), Vec::new());
                 }
             }
         }
@@ -116,8 +184,20 @@ impl Writer {
 
     /// Writes a group of commands as one batch, syncs as configured, answers them all.
     fn write_group(&mut self, group: Vec<Command>) {
-        let mut batch = self.db.batch();
+        if let Some(poison) = &mut self.poison {
+            let refusal = StoreError(format!("the store is not writable ({}); it is reopened every second", poison.why));
+            for cmd in group {
+                match cmd {
+                    Command::Append { done, .. } | Command::Flush { done } => drop(done.send(Err(refusal.clone()))),
+                    Command::Forget { channel, upto } => poison.forgets.push((channel, upto)),
+                }
+            }
+            return;
+        }
+        let Some(engine) = &self.engine else { return };
+        let mut batch = engine.db.batch();
         let mut flush = false;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut forgotten: Vec<(Arc<str>, u64)> = Vec::new();
         let wall = crate::event::now_wall_us();
@@ -127,12 +207,9 @@ impl Writer {
                     for ev in events {
                         let value = record::encode(ev, wall);
                         for ch in ev.channels.iter() {
-                            batch.insert(&self.events, record::key(ch, ev.pos), value.clone());
-                            let state = self
-                                .channels
-                                .entry(ch.clone())
-                                .or_insert_with(|| ChannelState { count: 0, retention: (self.retention_of)(ch) });
-                            state.count += 1;
+                            let key = record::key(ch, ev.pos);
+                            batch.insert(&engine.events, key.clone(), value.clone());
+                            keys.push(key);
                             touched.push(ch.clone());
                         }
                     }
@@ -152,6 +229,18 @@ impl Writer {
                 if self.fsync == FsyncMode::Always || flush { self.sync() } else { Ok(()) }
             })
             .map_err(|e| StoreError(format!("write: {e}")));
+        if let Err(e) = &result {
+            self.poisoned(e.0.clone(), keys);
+            if let Some(poison) = &mut self.poison {
+                poison.forgets.append(&mut forgotten);
+            }
+            touched.clear();
+        } else {
+            for ch in &touched {
+                let retention_of = &self.retention_of;
+                self.channels.entry(ch.clone()).or_insert_with(|| ChannelState { count: 0, retention: retention_of(ch) }).count += 1;
+            }
+        }
         for cmd in group {
             let done = match cmd {
                 Command::Append { done, .. } | Command::Flush { done } => done,
@@ -160,23 +249,81 @@ impl Writer {
             let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError(e.0.clone())));
         }
         // After the batch: a forget only ever follows the appends of what it forgets.
+        self.forget(forgotten);
+        touched.sort_unstable();
+        touched.dedup();
+        for ch in touched {
+            if let Err(e) = self.trim(&ch) {
+                self.poisoned(format!("retention by count on `{ch}`: {e}"), Vec::new());
+            }
+        }
+    }
+
+    fn forget(&mut self, forgotten: Vec<(Arc<str>, u64)>) {
         for (channel, upto) in forgotten {
             match self.delete_oldest(&channel, |pos, _| pos <= upto) {
                 Ok(removed) => self.removed(&channel, removed),
                 Err(e) => tracing::error!(%channel, error = %e, "history store: could not delete a reclaimed channel"),
             }
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for ch in touched {
-            if let Err(e) = self.trim(&ch) {
-                tracing::error!(channel = %ch, error = %e, "history store: retention by count failed");
+    }
+
+    /// A write failed: refuse everything until [`reopen`](Self::reopen) succeeds.
+    fn poisoned(&mut self, why: String, failed: Vec<Vec<u8>>) {
+        match &mut self.poison {
+            Some(poison) => poison.failed.extend(failed),
+            None => {
+                tracing::error!(
+                    error = %why,
+                    dir = %self.dir.display(),
+                    "history store: a write failed; publishes are refused (503) and /healthz reports it until the store \
+                     is reopened, which is tried every second"
+                );
+                self.health.set(Some(format!("history store not writable: {why}")));
+                self.poison = Some(Poison { why, failed, forgets: Vec::new() });
+            }
+        }
+    }
+
+    /// Closes the store, opens it again (which reads back and checks what is on disk), deletes
+    /// the events whose writes failed and syncs. Once that works, writes go on.
+    fn reopen(&mut self) {
+        let Some(poison) = &self.poison else { return };
+        // Closed first: the directory is locked while it is open.
+        self.engine = None;
+        let attempt = Engine::open(&self.dir).and_then(|engine| {
+            let mut batch = engine.db.batch();
+            for key in &poison.failed {
+                batch.remove(&engine.events, key.clone());
+            }
+            batch.commit()?;
+            engine.db.persist(PersistMode::SyncAll)?;
+            Ok(engine)
+        });
+        match attempt {
+            Ok(engine) => {
+                self.engine = Some(engine);
+                let poison = self.poison.take().expect("checked above");
+                tracing::warn!(
+                    after = %poison.why,
+                    removed = poison.failed.len(),
+                    "history store: reopened and writable again; the events of the failed writes were removed"
+                );
+                self.health.set(None);
+                self.unsynced = false;
+                self.forget(poison.forgets);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "history store: still not writable");
+                self.health.set(Some(format!("history store not writable: {} (reopening: {e})", poison.why)));
             }
         }
     }
 
     fn sync(&mut self) -> fjall::Result<()> {
-        self.db.persist(PersistMode::SyncAll)?;
+        if let Some(engine) = &self.engine {
+            engine.db.persist(PersistMode::SyncAll)?;
+        }
         self.unsynced = false;
         Ok(())
     }
@@ -199,6 +346,9 @@ impl Writer {
 
     /// Retention by age, for every channel that has one.
     fn expire(&mut self) -> fjall::Result<()> {
+        if self.poison.is_some() {
+            return Ok(());
+        }
         let now = crate::event::now_wall_us();
         let aged: Vec<(Arc<str>, u64)> = self
             .channels
@@ -221,7 +371,7 @@ impl Writer {
     /// with its next event. Its floor stays on disk.
     fn removed(&mut self, channel: &str, n: u64) {
         if let Some(state) = self.channels.get_mut(channel) {
-            state.count -= n;
+            state.count = state.count.saturating_sub(n);
             if state.count == 0 {
                 self.channels.remove(channel);
             }
@@ -232,21 +382,22 @@ impl Writer {
     /// the newest deleted position as the channel's floor (a client resuming from before it has
     /// missed events). Returns how many were deleted.
     fn delete_oldest(&mut self, channel: &str, more: impl Fn(u64, u64) -> bool) -> fjall::Result<u64> {
-        let mut batch = self.db.batch();
+        let Some(engine) = &self.engine else { return Ok(0) };
+        let mut batch = engine.db.batch();
         let mut removed = 0;
         let mut floor = None;
-        for guard in self.events.prefix(record::channel_prefix(channel)) {
+        for guard in engine.events.prefix(record::channel_prefix(channel)) {
             let key = guard.key()?;
             let Some((_, pos)) = record::split_key(&key) else { continue };
             if !more(pos, removed) {
                 break;
             }
-            batch.remove(&self.events, key.clone());
+            batch.remove(&engine.events, key.clone());
             floor = Some(pos);
             removed += 1;
         }
         if let Some(pos) = floor {
-            batch.insert(&self.floors, channel.as_bytes(), pos.to_be_bytes().to_vec());
+            batch.insert(&engine.floors, channel.as_bytes(), pos.to_be_bytes().to_vec());
             batch.commit()?;
             self.unsynced = true;
         }
@@ -262,11 +413,15 @@ mod tests {
     #[test]
     fn channels_whose_events_all_aged_out_are_forgotten_and_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::builder(dir.path()).open().unwrap();
-        let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default).unwrap();
-        let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default).unwrap();
         let retention = Retention { max_events: 10, max_age: Some(Duration::from_millis(1)) };
-        let mut writer = Writer::new(db, events, floors, FsyncMode::Never, Duration::from_secs(1), Box::new(move |_| Some(retention)));
+        let mut writer = Writer::new(
+            Engine::open(dir.path()).unwrap(),
+            dir.path().to_owned(),
+            FsyncMode::Never,
+            Duration::from_secs(1),
+            Box::new(move |_| Some(retention)),
+            Arc::default(),
+        );
         // Positions are µs since the epoch; these are long past the 1 ms age.
         let event = |pos: u64, channel: &str| {
             Arc::new(Event {
@@ -285,7 +440,7 @@ mod tests {
         assert_eq!(writer.channels.len(), 1000);
         writer.expire().unwrap();
         assert!(writer.channels.is_empty(), "every channel's events aged out");
-        assert_eq!(writer.events.iter().count(), 0);
+        assert_eq!(writer.engine.as_ref().unwrap().events.iter().count(), 0);
         append(&mut writer, vec![event(crate::event::now_wall_us(), "user-1")]);
         assert_eq!(writer.channels["user-1"].count, 1, "a channel comes back with its next event");
     }
