@@ -469,14 +469,26 @@ async fn nats_unreachable_refuses_publishes_and_keeps_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_client_kill_while_publishing_loses_no_acknowledged_event() {
     let bus = redis_bus("cut").await;
-    cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus, async {
+    let name = format!("herald:{}", bus.stream);
+    cutting_the_bus_while_publishing_loses_no_acknowledged_event(bus, async move {
         let client = redis::Client::open(REDIS).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut killed = 0;
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            // Every client but this one: both nodes' publishing and reading connections.
-            let _: redis::Value = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").query_async(&mut conn).await.unwrap();
+            // Both nodes' publishing and reading connections (they are named after their
+            // stream), and no other test's.
+            let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+            let ours = list
+                .lines()
+                .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+                .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned));
+            for id in ours.collect::<Vec<_>>() {
+                let _: redis::Value = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).query_async(&mut conn).await.unwrap();
+                killed += 1;
+            }
         }
+        assert!(killed >= 3, "the nodes' connections were cut ({killed})");
     })
     .await;
 }

@@ -257,3 +257,59 @@ async fn a_full_disk_refuses_publishes_reports_not_ready_and_recovers_when_space
     let (got, _) = replay(&node, "/sse/full?replay=all", None, acked.len()).await;
     assert_eq!(got.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), acked, "after kill -9 and a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_reported_and_resuming_clients_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        acked.extend(publish(&node, "/sse/j", json!({ "data": format!("event {i}") })).await);
+    }
+    // The tally is written once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut node = node;
+    node.kill_9();
+    // 512 zeroed bytes in the middle of the journal: the engine drops everything after them.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut journal = std::fs::OpenOptions::new().write(true).open(dir.path().join("data/0.jnl")).unwrap();
+        journal.seek(SeekFrom::Start(10_000)).unwrap();
+        journal.write_all(&[0u8; 512]).unwrap();
+    }
+    let node = Node::start(dir.path());
+    let stats: serde_json::Value = http().get(node.url("/stats")).send().await.unwrap().json().await.unwrap();
+    let kept = stats["channels"]["j"]["history_len"].as_u64().unwrap_or(0) as usize;
+    assert!(kept < acked.len(), "the damage cost events ({kept} of {} kept), or this test damaged nothing", acked.len());
+    // A client resuming from an id whose successors are gone is told so.
+    let mut sse = Sse::open_with(&node.url("/sse/j"), &[("last-event-id", &acked[kept + 10])]).await;
+    assert_eq!(sse.next_event().await.event, "missed", "a client resuming inside the lost range is told");
+    // And no id is issued twice: new ones go on above every id acknowledged before.
+    let after = publish(&node, "/sse/j", json!({ "data": "after" })).await;
+    let newest_before: u64 = acked.iter().map(|id| id.parse::<u64>().unwrap()).max().unwrap();
+    assert!(after[0].parse::<u64>().unwrap() > newest_before, "lost ids are not issued again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_loads_no_more_than_max_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        acked.extend(publish(&node, "/sse/m", json!({ "data": format!("{i:0>10000}") })).await);
+    }
+    let mut node = node;
+    assert!(node.terminate(Duration::from_secs(10)).success());
+    write_config(dir.path(), "[history]\nmax_memory = \"256KiB\"\n");
+    let node = Node::start(dir.path());
+    let stats: serde_json::Value = http().get(node.url("/stats")).send().await.unwrap().json().await.unwrap();
+    let bytes = stats["totals"]["history_bytes"].as_u64().unwrap();
+    assert!(bytes <= 256 * 1024, "loaded {bytes} bytes with max_memory = 256KiB");
+    let kept = stats["channels"]["m"]["history_len"].as_u64().unwrap() as usize;
+    assert!(kept > 0 && kept < acked.len(), "the newest events are loaded ({kept})");
+    // The newest are there, in order; a client resuming from before them is told.
+    let (got, _) = replay(&node, "/sse/m?replay=all", None, kept).await;
+    assert_eq!(got.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(), acked[acked.len() - kept..]);
+    let (_, missed) = replay(&node, "/sse/m", Some(&acked[0]), kept).await;
+    assert!(missed);
+}

@@ -65,7 +65,8 @@ impl RedisBus {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        name_connection(&mut conn, &self.stream).await?;
         *self.conn.lock() = Some(conn.clone());
         Ok(conn)
     }
@@ -113,6 +114,14 @@ impl Bus for RedisBus {
     }
 }
 
+/// Names a connection `herald:<stream>` (`CLIENT SETNAME`), so that an operator reading
+/// `CLIENT LIST` sees which Herald cluster each connection belongs to. Names may not contain
+/// spaces; any in the stream's name become `_`.
+async fn name_connection(conn: &mut MultiplexedConnection, stream: &str) -> redis::RedisResult<()> {
+    let name = format!("herald:{}", stream.replace([' ', '\n'], "_"));
+    redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async(conn).await
+}
+
 /// `<ms>-<seq>` as a position.
 pub fn position(entry_id: &str) -> Option<u64> {
     let (ms, seq) = entry_id.split_once('-')?;
@@ -147,7 +156,10 @@ impl Reader {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
             let result = match self.client.get_multiplexed_async_connection_with_config(&config).await {
-                Ok(mut conn) => self.read(&mut conn, &mut last, &mut counted, &mut loaded, &mut backoff).await,
+                Ok(mut conn) => match name_connection(&mut conn, &self.stream).await {
+                    Ok(()) => self.read(&mut conn, &mut last, &mut counted, &mut loaded, &mut backoff).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match result {

@@ -119,6 +119,7 @@ impl Hub {
         // or from the bus (which says where its history begins); a memory store knows nothing.
         let base_floor = if recovered.is_some() || config.cluster.enabled() { 0 } else { start };
         let floors = Floors::new(base_floor, config.max_channels);
+        let lost_upto = recovered.as_ref().and_then(|r| r.lost_upto);
         let (recovered_channels, dormant) = recovered.map(|r| (r.channels, r.dormant)).unwrap_or_default();
         for (name, floor) in dormant {
             floors.departed(name, floor);
@@ -163,6 +164,13 @@ impl Hub {
                     hub.budget.release(freed);
                 }
             }
+        }
+        if let Some(pos) = lost_upto {
+            // Events up to here may be gone from any channel: whoever resumes from before is told.
+            for ch in hub.channels.read().values() {
+                ch.log.raise_floor(pos);
+            }
+            hub.floors.raise_base(pos);
         }
         // Loaded history past its age leaves now rather than at the first sweep.
         hub.sweep();

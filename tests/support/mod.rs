@@ -42,6 +42,8 @@ impl TestServer {
     }
 
     async fn with_hub(tweak: impl FnOnce(&mut Config), make: impl FnOnce(Config) -> Arc<Hub>) -> Self {
+        // The server's warnings and errors go to the test's captured output: shown when it fails.
+        let _ = tracing_subscriber::fmt().with_env_filter("warn,lsm_tree=error,fjall=error").with_test_writer().try_init();
         let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
         config.shutdown_timeout = Duration::from_secs(2);
         // In-process tests keep history in memory unless one opts into the disk store.

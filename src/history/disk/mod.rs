@@ -13,9 +13,10 @@
 //! subscribers read, and start-up fills them from here.
 
 mod record;
+mod tally;
 mod writer;
 
-use super::{Durable, HistoryStore, StoreError};
+use super::{Durable, HistoryStore, MIN_WINDOW, StoreError};
 use crate::config::HistoryConfig;
 use crate::event::Event;
 use anyhow::Context;
@@ -35,6 +36,11 @@ pub struct Recovered {
     pub channels: Vec<(Arc<str>, u64, Vec<Arc<Event>>)>,
     /// The floors of channels with no event on disk (all of them left by retention).
     pub dormant: Vec<(Arc<str>, u64)>,
+    /// Events on disk per channel (more than `channels` holds when memory bounded the load).
+    pub on_disk: Vec<(Arc<str>, u64)>,
+    /// Set when the store gave back less than it held (see `tally.rs`): every position up to
+    /// this may be lost, and no floor is below it.
+    pub lost_upto: Option<u64>,
     /// The newest position on disk.
     pub newest: u64,
 }
@@ -59,11 +65,28 @@ impl DiskStore {
                 dir.display()
             ),
         })?;
-        let recovered = recover(&engine.events, &engine.floors).with_context(|| format!("history.dir: read back {}", dir.display()))?;
+        let mut recovered = recover(&engine.events, &engine.floors, config.max_memory.as_usize(), &retention_of)
+            .with_context(|| format!("history.dir: read back {}", dir.display()))?;
+        if let Some(recorded) = tally::read(dir)
+            && recorded > recovered.newest
+        {
+            tracing::error!(
+                dir = %dir.display(),
+                newest_kept = recovered.newest,
+                newest_recorded = recorded,
+                "history store: events the store held are gone (its journal was damaged or cut): every event after \
+                 position {} up to {recorded} may be lost. New ids go on above them, and clients resuming from before \
+                 them are told they missed events",
+                recovered.newest
+            );
+            recovered.lost_upto = Some(recorded);
+            recovered.newest = recorded;
+        }
         let health = Arc::new(Health::default());
         let mut writer = Writer::new(engine, dir.clone(), config.fsync, config.fsync_interval, retention_of, health.clone());
-        for (name, _, evs) in &recovered.channels {
-            writer.know(name.clone(), evs.len() as u64);
+        writer.start_tally(recovered.newest);
+        for (name, count) in &recovered.on_disk {
+            writer.know(name.clone(), *count);
         }
         let (tx, rx) = mpsc::channel();
         let handle =
@@ -120,12 +143,21 @@ impl Drop for DiskStore {
     }
 }
 
-/// Reads every stored event back, channel by channel.
-fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result<Recovered> {
+/// One channel while it is read back: its name, its floor so far, the events kept, their
+/// window, and how many it has on disk.
+type Loading = (Arc<str>, u64, std::collections::VecDeque<Arc<Event>>, usize, u64);
+
+/// Reads the stored events back, channel by channel: the newest that fit in `max_memory`
+/// hub-wide (less a tenth, as the memory cap evicts to) and in each channel's window. What stays
+/// on disk beyond that raises its channel's floor, so a client resuming from before it is told,
+/// and start-up never holds more than the cap in memory.
+fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize, retention_of: &RetentionOf) -> anyhow::Result<Recovered> {
+    let cutoff = memory_cutoff(events, max_memory - max_memory / 10)?;
     let mut by_pos: HashMap<u64, Arc<Event>> = HashMap::new();
     let mut names: HashMap<String, Arc<str>> = HashMap::new();
-    let mut channels: Vec<(Arc<str>, u64, Vec<Arc<Event>>)> = Vec::new();
+    let mut channels: Vec<Loading> = Vec::new();
     let mut newest = 0;
+    let mut left_on_disk = 0u64;
     let mut intern = |n: &str| names.entry(n.to_owned()).or_insert_with(|| Arc::from(n)).clone();
     for guard in events.iter() {
         let (key, value) = guard.into_inner().context("read a stored event")?;
@@ -134,6 +166,18 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
             continue;
         };
         newest = newest.max(pos);
+        if channels.last().is_none_or(|(name, ..)| &**name != channel) {
+            let name = intern(channel);
+            let window = retention_of(&name).map_or(MIN_WINDOW, |r| r.max_events.max(MIN_WINDOW));
+            channels.push((name, 0, std::collections::VecDeque::new(), window, 0));
+        }
+        let (_, floor, kept, window, on_disk) = channels.last_mut().expect("pushed above");
+        *on_disk += 1;
+        if pos < cutoff {
+            *floor = (*floor).max(pos);
+            left_on_disk += 1;
+            continue;
+        }
         let event = match by_pos.get(&pos) {
             Some(ev) => ev.clone(),
             None => {
@@ -151,10 +195,14 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
                 ev
             }
         };
-        match channels.last_mut() {
-            Some((name, _, evs)) if &**name == channel => evs.push(event),
-            _ => channels.push((intern(channel), 0, vec![event])),
+        kept.push_back(event);
+        if kept.len() > *window {
+            let gone = kept.pop_front().expect("over the window");
+            *floor = (*floor).max(gone.pos);
         }
+    }
+    if left_on_disk > 0 {
+        tracing::info!(events = left_on_disk, before = cutoff, "history store: older events stay on disk, beyond history.max_memory");
     }
     // One pass over the floors. Positions deleted by retention were issued too: a channel whose
     // events all aged out still keeps the next ids above them, even if the clock went back.
@@ -169,11 +217,61 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace) -> anyhow::Result
         newest = newest.max(floor);
         floor_of.insert(name.to_vec(), floor);
     }
-    for (name, floor, _) in &mut channels {
-        *floor = floor_of.remove(name.as_bytes()).unwrap_or(0);
-    }
+    let on_disk = channels.iter().map(|(name, .., n)| (name.clone(), *n)).collect();
+    let channels = channels
+        .into_iter()
+        .map(|(name, floor, kept, ..)| {
+            let floor = floor.max(floor_of.remove(name.as_bytes()).unwrap_or(0));
+            (name, floor, Vec::from(kept))
+        })
+        .collect();
     let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
-    Ok(Recovered { channels, dormant, newest })
+    Ok(Recovered { channels, dormant, on_disk, lost_upto: None, newest })
+}
+
+/// The oldest position to load so that what is loaded fits in `budget` bytes: the newest
+/// events first, counted by the size of their stored records. One pass sums them in buckets of
+/// about a minute; if the budget runs out inside a bucket, a second pass sizes that bucket's
+/// events one by one. What is held grows with the store's time span and one bucket, not with
+/// the whole store.
+fn memory_cutoff(events: &fjall::Keyspace, budget: usize) -> anyhow::Result<u64> {
+    // About 67 s: a year of history is under half a million buckets, and one bucket of a busy
+    // hub a few hundred thousand events.
+    const BUCKET_BITS: u32 = 26;
+    let mut buckets: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for guard in events.iter() {
+        let (key, value) = guard.into_inner().context("read a stored event")?;
+        if let Some((_, pos)) = record::split_key(&key) {
+            *buckets.entry(pos >> BUCKET_BITS).or_default() += value.len() as u64;
+        }
+    }
+    let mut newer = 0u64;
+    let Some((&bucket, _)) = buckets.iter().rev().find(|&(_, &bytes)| {
+        newer += bytes;
+        newer > budget as u64
+    }) else {
+        return Ok(0);
+    };
+    // Bytes of the buckets newer than that one, and what is left for it.
+    let room = budget as u64 - (newer - buckets[&bucket]);
+    let mut sizes: Vec<(u64, u64)> = Vec::new();
+    for guard in events.iter() {
+        let (key, value) = guard.into_inner().context("read a stored event")?;
+        if let Some((_, pos)) = record::split_key(&key)
+            && pos >> BUCKET_BITS == bucket
+        {
+            sizes.push((pos, value.len() as u64));
+        }
+    }
+    sizes.sort_unstable_by_key(|&(pos, _)| std::cmp::Reverse(pos));
+    let mut used = 0;
+    for (pos, size) in sizes {
+        used += size;
+        if used > room {
+            return Ok(pos + 1);
+        }
+    }
+    Ok(bucket << BUCKET_BITS)
 }
 
 /// The retention lookup for the writer: a channel's own settings, else the defaults.

@@ -103,6 +103,9 @@ pub struct Writer {
     unsynced: bool,
     poison: Option<Poison>,
     health: Arc<Health>,
+    /// The newest position written, and the newest recorded in the tally (see `tally.rs`).
+    newest: u64,
+    tallied: u64,
 }
 
 impl Writer {
@@ -124,6 +127,25 @@ impl Writer {
             unsynced: false,
             poison: None,
             health,
+            newest: 0,
+            tallied: 0,
+        }
+    }
+
+    /// Positions up to `newest` are accounted for (read back, or known lost): the tally starts
+    /// there, written at once so that a loss found now is not reported again.
+    pub fn start_tally(&mut self, newest: u64) {
+        self.newest = newest;
+        self.write_tally();
+    }
+
+    fn write_tally(&mut self) {
+        if self.newest == self.tallied {
+            return;
+        }
+        match super::tally::write(&self.dir, self.newest) {
+            Ok(()) => self.tallied = self.newest,
+            Err(e) => tracing::warn!(error = %e, "history store: could not write the tally"),
         }
     }
 
@@ -154,10 +176,11 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    if self.poison.is_none()
-                        && let Err(e) = self.sync()
-                    {
-                        tracing::error!(error = %e, "history store: final sync failed");
+                    if self.poison.is_none() {
+                        match self.sync() {
+                            Ok(()) => self.write_tally(),
+                            Err(e) => tracing::error!(error = %e, "history store: final sync failed"),
+                        }
                     }
                     return;
                 }
@@ -175,6 +198,9 @@ impl Writer {
             }
             if now >= next_age_sweep {
                 next_age_sweep = now + AGE_SWEEP_EVERY;
+                if self.poison.is_none() {
+                    self.write_tally();
+                }
                 if let Err(e) = self.expire() {
                     self.poisoned(format!("retention by age: {e}"), Vec::new());
                 }
@@ -236,6 +262,11 @@ impl Writer {
             }
             touched.clear();
         } else {
+            if let Some(pos) =
+                group.iter().filter_map(|c| if let Command::Append { events, .. } = c { events.last() } else { None }).map(|e| e.pos).max()
+            {
+                self.newest = self.newest.max(pos);
+            }
             for ch in &touched {
                 let retention_of = &self.retention_of;
                 self.channels.entry(ch.clone()).or_insert_with(|| ChannelState { count: 0, retention: retention_of(ch) }).count += 1;
