@@ -28,6 +28,20 @@ enum Command {
     Subscribe(SubscribeArgs),
     /// Load generator: measure this hub (or another) with idle or fan-out workloads.
     Bench(herald::bench::BenchArgs),
+    /// Check or repair the disk store (history.dir) of a stopped hub.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Read every record and report what is damaged or lost; changes nothing. Exits 1 on damage.
+    Check(ServerFlags),
+    /// Remove records that cannot be read; a store that cannot be opened at all is moved aside
+    /// (nothing deleted) and a new one started above its ids.
+    Repair(ServerFlags),
 }
 
 #[derive(Args)]
@@ -146,7 +160,40 @@ fn main() -> anyhow::Result<()> {
         Command::Publish(args) => runtime()?.block_on(publish(args)),
         Command::Subscribe(args) => runtime()?.block_on(subscribe(args)),
         Command::Bench(args) => herald::bench::run(args),
+        Command::Store { action } => store(action),
     }
+}
+
+fn store(action: StoreAction) -> anyhow::Result<()> {
+    use herald::history::disk::maintenance::{self, Repaired};
+    let (StoreAction::Check(flags) | StoreAction::Repair(flags)) = &action;
+    let config = config::load(&flags.overrides(), std::env::vars())?;
+    let dir = &config.history.dir;
+    match action {
+        StoreAction::Check(_) => {
+            let report = maintenance::check(dir)?;
+            print!("{}", report.render(dir));
+            if !report.clean() {
+                std::process::exit(1);
+            }
+        }
+        StoreAction::Repair(_) => match maintenance::repair(dir)? {
+            Repaired::InPlace(report) => {
+                print!("{}", report.render(dir));
+                println!(
+                    "removed {} event records and {} floors that could not be read",
+                    report.damaged_events.len(),
+                    report.damaged_floors.len()
+                );
+            }
+            Repaired::MovedAside { old, error, newest } => {
+                println!("the store could not be opened ({error})");
+                println!("moved it to {} (nothing was deleted) and started a new store in {}", old.display(), dir.display());
+                println!("new ids go on above {newest}; clients resuming from an older id are told they missed events");
+            }
+        },
+    }
+    Ok(())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -120,6 +120,9 @@ impl Hub {
         let base_floor = if recovered.is_some() || config.cluster.enabled() { 0 } else { start };
         let floors = Floors::new(base_floor, config.max_channels);
         let lost_upto = recovered.as_ref().and_then(|r| r.lost_upto);
+        if let Some(base) = recovered.as_ref().map(|r| r.base_floor).filter(|&b| b > 0) {
+            floors.raise_base(base);
+        }
         let (recovered_channels, dormant) = recovered.map(|r| (r.channels, r.dormant)).unwrap_or_default();
         for (name, floor) in dormant {
             floors.departed(name, floor);

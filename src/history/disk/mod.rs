@@ -12,6 +12,7 @@
 //! One writer thread owns the writes (`writer.rs`); the channel windows in memory stay what
 //! subscribers read, and start-up fills them from here.
 
+pub mod maintenance;
 mod record;
 mod tally;
 mod writer;
@@ -36,6 +37,9 @@ pub struct Recovered {
     pub channels: Vec<(Arc<str>, u64, Vec<Arc<Event>>)>,
     /// The floors of channels with no event on disk (all of them left by retention).
     pub dormant: Vec<(Arc<str>, u64)>,
+    /// The floor shared by every channel made on first use: dormant floors folded together
+    /// (see `writer::MAX_DORMANT_FLOORS`).
+    pub base_floor: u64,
     /// Events on disk per channel (more than `channels` holds when memory bounded the load).
     pub on_disk: Vec<(Arc<str>, u64)>,
     /// Set when the store gave back less than it held (see `tally.rs`): every position up to
@@ -60,8 +64,9 @@ impl DiskStore {
         let engine = Engine::open(dir).map_err(|e| match e {
             fjall::Error::Locked => anyhow::anyhow!("history.dir: the store in {} is in use by another herald", dir.display()),
             other => anyhow::anyhow!(
-                "history.dir: the store in {} cannot be opened: {other}. It may be damaged: keep a copy of the directory, \
-                 then start with another history.dir, or move this one aside",
+                "history.dir: the store in {} cannot be opened: {other}. It may be damaged: `herald store check` says \
+                 what it finds, and `herald store repair` moves the directory aside (deleting nothing) and starts a new \
+                 store above its ids",
                 dir.display()
             ),
         })?;
@@ -87,6 +92,9 @@ impl DiskStore {
         writer.start_tally(recovered.newest);
         for (name, count) in &recovered.on_disk {
             writer.know(name.clone(), *count);
+        }
+        for (name, floor) in &recovered.dormant {
+            writer.know_dormant(name.clone(), *floor);
         }
         let (tx, rx) = mpsc::channel();
         let handle =
@@ -225,8 +233,9 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
             (name, floor, Vec::from(kept))
         })
         .collect();
+    let base_floor = floor_of.remove(writer::BASE_FLOOR).unwrap_or(0);
     let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
-    Ok(Recovered { channels, dormant, on_disk, lost_upto: None, newest })
+    Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, newest })
 }
 
 /// The oldest position to load so that what is loaded fits in `budget` bytes: the newest

@@ -22,6 +22,13 @@ use tokio::sync::oneshot;
 const AGE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How often a store that failed is reopened to see whether it can be written again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Floors kept for channels with no event left on disk (all expired or reclaimed). Past it the
+/// oldest are folded into the one shared floor (key [`BASE_FLOOR`]): a client resuming in such a
+/// channel is then told it may have missed events if its id is older than that, which errs on
+/// the side of a notice, and one-off channels cannot grow the store for ever.
+pub const MAX_DORMANT_FLOORS: usize = 100_000;
+/// The floors key of the shared floor: a NUL byte, which no channel name holds.
+pub const BASE_FLOOR: &[u8] = b"\0";
 
 pub enum Command {
     Append {
@@ -106,6 +113,9 @@ pub struct Writer {
     /// The newest position written, and the newest recorded in the tally (see `tally.rs`).
     newest: u64,
     tallied: u64,
+    /// Channels whose events all left the disk but whose floor is kept, with that floor.
+    dormant: Vec<(u64, Arc<str>)>,
+    dormant_cap: usize,
 }
 
 impl Writer {
@@ -129,6 +139,43 @@ impl Writer {
             health,
             newest: 0,
             tallied: 0,
+            dormant: Vec::new(),
+            dormant_cap: MAX_DORMANT_FLOORS,
+        }
+    }
+
+    /// A channel with floor `floor` on disk and no events (from recovery).
+    pub fn know_dormant(&mut self, channel: Arc<str>, floor: u64) {
+        self.dormant.push((floor, channel));
+    }
+
+    /// Folds the oldest dormant floors past [`MAX_DORMANT_FLOORS`] into the shared floor.
+    fn fold_dormant(&mut self) {
+        if self.dormant.len() <= self.dormant_cap || self.poison.is_some() {
+            return;
+        }
+        let Some(engine) = &self.engine else { return };
+        let floor_of =
+            |key: &[u8]| engine.floors.get(key).ok().flatten().and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes);
+        let mut base = floor_of(BASE_FLOOR).unwrap_or(0);
+        let mut batch = engine.db.batch();
+        // The newest floors stay: the oldest are folded.
+        self.dormant.sort_unstable_by_key(|(floor, _)| std::cmp::Reverse(*floor));
+        while self.dormant.len() > self.dormant_cap {
+            let (_, name) = self.dormant.pop().expect("over the cap");
+            // Back in use: its floor is its own again.
+            if self.channels.contains_key(&name) {
+                continue;
+            }
+            if let Some(floor) = floor_of(name.as_bytes()) {
+                base = base.max(floor);
+                batch.remove(&engine.floors, name.as_bytes());
+            }
+        }
+        batch.insert(&engine.floors, BASE_FLOOR, base.to_be_bytes().to_vec());
+        match batch.commit() {
+            Ok(()) => self.unsynced = true,
+            Err(e) => self.poisoned(format!("folding floors: {e}"), Vec::new()),
         }
     }
 
@@ -199,6 +246,7 @@ impl Writer {
             if now >= next_age_sweep {
                 next_age_sweep = now + AGE_SWEEP_EVERY;
                 if self.poison.is_none() {
+                    self.fold_dormant();
                     self.write_tally();
                 }
                 if let Err(e) = self.expire() {
@@ -293,7 +341,7 @@ impl Writer {
     fn forget(&mut self, forgotten: Vec<(Arc<str>, u64)>) {
         for (channel, upto) in forgotten {
             match self.delete_oldest(&channel, |pos, _| pos <= upto) {
-                Ok(removed) => self.removed(&channel, removed),
+                Ok((removed, floor)) => self.removed(&channel, removed, floor),
                 Err(e) => tracing::error!(%channel, error = %e, "history store: could not delete a reclaimed channel"),
             }
         }
@@ -370,8 +418,8 @@ impl Writer {
             return Ok(());
         }
         let excess = state.count - keep;
-        let removed = self.delete_oldest(channel, |_, n| n < excess)?;
-        self.removed(channel, removed);
+        let (removed, floor) = self.delete_oldest(channel, |_, n| n < excess)?;
+        self.removed(channel, removed, floor);
         Ok(())
     }
 
@@ -391,8 +439,8 @@ impl Writer {
             .collect();
         for (channel, cutoff) in aged {
             // Positions are µs since the epoch, never earlier than the publish time.
-            let removed = self.delete_oldest(&channel, |pos, _| pos < cutoff)?;
-            self.removed(&channel, removed);
+            let (removed, floor) = self.delete_oldest(&channel, |pos, _| pos < cutoff)?;
+            self.removed(&channel, removed, floor);
         }
         Ok(())
     }
@@ -400,20 +448,22 @@ impl Writer {
     /// Counts `n` events of `channel` as deleted. A channel left with none is forgotten, so
     /// that one-off channels (one per user, per order...) do not accumulate here; it comes back
     /// with its next event. Its floor stays on disk.
-    fn removed(&mut self, channel: &str, n: u64) {
+    fn removed(&mut self, channel: &str, n: u64, floor: u64) {
         if let Some(state) = self.channels.get_mut(channel) {
             state.count = state.count.saturating_sub(n);
-            if state.count == 0 {
-                self.channels.remove(channel);
+            if state.count == 0
+                && let Some((name, _)) = self.channels.remove_entry(channel)
+            {
+                self.dormant.push((floor, name));
             }
         }
     }
 
     /// Deletes a channel's oldest events while `more(pos, deleted so far)` holds, and records
     /// the newest deleted position as the channel's floor (a client resuming from before it has
-    /// missed events). Returns how many were deleted.
-    fn delete_oldest(&mut self, channel: &str, more: impl Fn(u64, u64) -> bool) -> fjall::Result<u64> {
-        let Some(engine) = &self.engine else { return Ok(0) };
+    /// missed events). Returns how many were deleted, and that floor.
+    fn delete_oldest(&mut self, channel: &str, more: impl Fn(u64, u64) -> bool) -> fjall::Result<(u64, u64)> {
+        let Some(engine) = &self.engine else { return Ok((0, 0)) };
         let mut batch = engine.db.batch();
         let mut removed = 0;
         let mut floor = None;
@@ -432,7 +482,7 @@ impl Writer {
             batch.commit()?;
             self.unsynced = true;
         }
-        Ok(removed)
+        Ok((removed, floor.unwrap_or(0)))
     }
 }
 
@@ -474,5 +524,12 @@ mod tests {
         assert_eq!(writer.engine.as_ref().unwrap().events.iter().count(), 0);
         append(&mut writer, vec![event(crate::event::now_wall_us(), "user-1")]);
         assert_eq!(writer.channels["user-1"].count, 1, "a channel comes back with its next event");
+        // 1,000 floors of gone channels: past the cap, the oldest are folded into one.
+        writer.dormant_cap = 10;
+        writer.fold_dormant();
+        let floors = &writer.engine.as_ref().unwrap().floors;
+        assert_eq!(floors.iter().count(), 12, "the ten newest floors, user-1's (back in use) and the shared one");
+        let base = floors.get(BASE_FLOOR).unwrap().unwrap();
+        assert_eq!(u64::from_be_bytes(<[u8; 8]>::try_from(base.as_ref()).unwrap()), 990, "the newest folded floor");
     }
 }
