@@ -277,10 +277,21 @@ async fn a_damaged_journal_is_reported_and_resuming_clients_are_told() {
         journal.seek(SeekFrom::Start(10_000)).unwrap();
         journal.write_all(&[0u8; 512]).unwrap();
     }
+    // The check counts what is missing.
+    let check = herald(dir.path()).args(["store", "check"]).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(!check.status.success(), "{report}");
+    let missing: usize = report
+        .lines()
+        .find_map(|l| l.strip_prefix("LOST: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of what was lost: {report}"));
     let node = Node::start(dir.path());
     let stats: serde_json::Value = http().get(node.url("/stats")).send().await.unwrap().json().await.unwrap();
     let kept = stats["channels"]["j"]["history_len"].as_u64().unwrap_or(0) as usize;
     assert!(kept < acked.len(), "the damage cost events ({kept} of {} kept), or this test damaged nothing", acked.len());
+    assert_eq!(missing, acked.len() - kept, "the count of lost records is exact");
     // A client resuming from an id whose successors are gone is told so.
     let mut sse = Sse::open_with(&node.url("/sse/j"), &[("last-event-id", &acked[kept + 10])]).await;
     assert_eq!(sse.next_event().await.event, "missed", "a client resuming inside the lost range is told");

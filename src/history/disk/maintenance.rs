@@ -7,10 +7,12 @@
 //! starts a new one whose tally carries the old newest position: the hub then numbers new
 //! events above every old id, and tells clients resuming from an old id that they missed events.
 
-use super::{record, tally, writer::Engine};
+use super::tally::{self, Tally};
+use super::{record, writer};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use writer::Engine;
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -21,13 +23,21 @@ pub struct Report {
     pub floors: u64,
     pub damaged_floors: Vec<Vec<u8>>,
     pub newest: u64,
-    pub tally: Option<u64>,
+    /// The store's count of event records retention deleted.
+    pub deleted: u64,
+    pub tally: Option<Tally>,
 }
 
 impl Report {
-    /// Events the tally says the store held beyond what it gives back.
+    /// Event records the tally says the store took beyond what it gives back or deleted.
+    pub fn missing(&self) -> u64 {
+        let present = self.events + self.damaged_events.len() as u64;
+        self.tally.and_then(|t| t.appended).map_or(0, |a| a.saturating_sub(present + self.deleted))
+    }
+
+    /// Whether the tally shows events the store no longer gives back.
     pub fn lost(&self) -> bool {
-        self.tally.is_some_and(|t| t > self.newest)
+        self.missing() > 0 || self.tally.is_some_and(|t| t.newest > self.newest)
     }
 
     pub fn clean(&self) -> bool {
@@ -42,11 +52,17 @@ impl Report {
         let _ = writeln!(out, "floors: {}", self.floors);
         let _ = writeln!(out, "newest position: {}", self.newest);
         match self.tally {
-            Some(t) if t > self.newest => {
-                let _ = writeln!(out, "LOST: the tally records position {t}: events after {} up to it are gone", self.newest);
+            Some(t) if self.lost() => {
+                let _ = writeln!(
+                    out,
+                    "LOST: {} event records are missing; the tally records position {} where the store gives back {}",
+                    self.missing(),
+                    t.newest,
+                    self.newest
+                );
             }
             Some(t) => {
-                let _ = writeln!(out, "tally: {t} (consistent)");
+                let _ = writeln!(out, "tally: newest {} (consistent)", t.newest);
             }
             None => {
                 let _ = writeln!(out, "tally: none (written once a second by a running hub)");
@@ -94,10 +110,11 @@ fn inspect(engine: &Engine, dir: &Path) -> anyhow::Result<Report> {
     }
     for guard in engine.floors.iter() {
         let (key, value) = guard.into_inner()?;
-        match <[u8; 8]>::try_from(value.as_ref()) {
-            Ok(bytes) => {
+        match <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes) {
+            Ok(count) if &*key == writer::DELETED => report.deleted = count,
+            Ok(floor) => {
                 report.floors += 1;
-                report.newest = report.newest.max(u64::from_be_bytes(bytes));
+                report.newest = report.newest.max(floor);
             }
             Err(_) => report.damaged_floors.push(key.to_vec()),
         }
@@ -135,11 +152,11 @@ pub fn repair(dir: &Path) -> anyhow::Result<Repaired> {
             let old = dir.with_file_name(format!("{}.damaged-{stamp}", dir.file_name().map_or("data".into(), |n| n.to_string_lossy())));
             // The newest position the damaged store is known to have issued: its tally, or now
             // (positions are µs since the epoch, so nothing it issued is newer).
-            let newest = tally::read(dir).unwrap_or(0).max(crate::event::now_wall_us());
+            let newest = tally::read(dir).map_or(0, |t| t.newest).max(crate::event::now_wall_us());
             std::fs::rename(dir, &old)?;
             std::fs::create_dir_all(dir)?;
             drop(Engine::open(dir)?);
-            tally::write(dir, newest)?;
+            tally::write(dir, Tally { newest, appended: None })?;
             Ok(Repaired::MovedAside { old, error: e.to_string(), newest })
         }
     }
@@ -159,10 +176,11 @@ mod tests {
             engine.floors.insert("d", 7u64.to_be_bytes()).unwrap();
             engine.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
-        tally::write(dir.path(), 100).unwrap();
+        tally::write(dir.path(), Tally { newest: 100, appended: Some(5) }).unwrap();
         let report = check(dir.path()).unwrap();
         assert_eq!((report.damaged_events.len(), report.damaged_floors.len(), report.floors, report.newest), (1, 1, 1, 7));
         assert!(report.lost(), "the tally says 100, the store gives back 7");
+        assert_eq!(report.missing(), 4, "5 records taken, 1 given back (damaged)");
         assert!(report.render(dir.path()).contains("LOST"));
         let Repaired::InPlace(_) = repair(dir.path()).unwrap() else { panic!("repaired in place") };
         let again = check(dir.path()).unwrap();
@@ -174,12 +192,12 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("data");
         drop(Engine::open(&dir).unwrap());
-        tally::write(&dir, u64::MAX / 2).unwrap();
+        tally::write(&dir, Tally { newest: u64::MAX / 2, appended: Some(3) }).unwrap();
         std::fs::write(dir.join("version"), b"garbage").unwrap();
         let Repaired::MovedAside { old, newest, .. } = repair(&dir).unwrap() else { panic!("moved aside") };
         assert!(old.exists() && old.join("version").exists(), "nothing deleted");
         assert_eq!(newest, u64::MAX / 2);
-        assert_eq!(tally::read(&dir), Some(u64::MAX / 2));
+        assert_eq!(tally::read(&dir), Some(Tally { newest: u64::MAX / 2, appended: None }));
         assert!(check(&dir).unwrap().lost(), "the new store knows it lost what came before");
     }
 }

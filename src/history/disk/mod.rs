@@ -45,6 +45,10 @@ pub struct Recovered {
     /// Set when the store gave back less than it held (see `tally.rs`): every position up to
     /// this may be lost, and no floor is below it.
     pub lost_upto: Option<u64>,
+    /// Event records on disk (every one, damaged or left on disk by `max_memory`), and the
+    /// store's count of those retention deleted.
+    pub present: u64,
+    pub deleted: u64,
     /// The newest position on disk.
     pub newest: u64,
 }
@@ -72,24 +76,28 @@ impl DiskStore {
         })?;
         let mut recovered = recover(&engine.events, &engine.floors, config.max_memory.as_usize(), &retention_of)
             .with_context(|| format!("history.dir: read back {}", dir.display()))?;
-        if let Some(recorded) = tally::read(dir)
-            && recorded > recovered.newest
-        {
-            tracing::error!(
-                dir = %dir.display(),
-                newest_kept = recovered.newest,
-                newest_recorded = recorded,
-                "history store: events the store held are gone (its journal was damaged or cut): every event after \
-                 position {} up to {recorded} may be lost. New ids go on above them, and clients resuming from before \
-                 them are told they missed events",
-                recovered.newest
-            );
-            recovered.lost_upto = Some(recorded);
-            recovered.newest = recorded;
+        if let Some(recorded) = tally::read(dir) {
+            let missing = recorded.appended.map_or(0, |a| a.saturating_sub(recovered.present + recovered.deleted));
+            if missing > 0 || recorded.newest > recovered.newest {
+                tracing::error!(
+                    dir = %dir.display(),
+                    lost_records = missing,
+                    newest_kept = recovered.newest,
+                    newest_recorded = recorded.newest,
+                    "history store: events the store held are gone (its journal was damaged or cut): {missing} event \
+                     records (one per channel of each event) are missing, and the newest position read back is {} where \
+                     {} was held. New ids go on above them, and clients resuming from before them are told they missed events",
+                    recovered.newest,
+                    recorded.newest
+                );
+                let upto = recorded.newest.max(recovered.newest);
+                recovered.lost_upto = Some(upto);
+                recovered.newest = upto;
+            }
         }
         let health = Arc::new(Health::default());
         let mut writer = Writer::new(engine, dir.clone(), config.fsync, config.fsync_interval, retention_of, health.clone());
-        writer.start_tally(recovered.newest);
+        writer.start_tally(recovered.newest, recovered.present, recovered.deleted);
         for (name, count) in &recovered.on_disk {
             writer.know(name.clone(), *count);
         }
@@ -166,6 +174,7 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
     let mut channels: Vec<Loading> = Vec::new();
     let mut newest = 0;
     let mut left_on_disk = 0u64;
+    let mut present = 0u64;
     let mut intern = |n: &str| names.entry(n.to_owned()).or_insert_with(|| Arc::from(n)).clone();
     for guard in events.iter() {
         let (key, value) = guard.into_inner().context("read a stored event")?;
@@ -181,6 +190,7 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
         }
         let (_, floor, kept, window, on_disk) = channels.last_mut().expect("pushed above");
         *on_disk += 1;
+        present += 1;
         if pos < cutoff {
             *floor = (*floor).max(pos);
             left_on_disk += 1;
@@ -222,7 +232,10 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
             continue;
         };
         let floor = u64::from_be_bytes(bytes);
-        newest = newest.max(floor);
+        // The deletion counter is a count, not a position.
+        if &*name != writer::DELETED {
+            newest = newest.max(floor);
+        }
         floor_of.insert(name.to_vec(), floor);
     }
     let on_disk = channels.iter().map(|(name, .., n)| (name.clone(), *n)).collect();
@@ -234,8 +247,9 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
         })
         .collect();
     let base_floor = floor_of.remove(writer::BASE_FLOOR).unwrap_or(0);
+    let deleted = floor_of.remove(writer::DELETED).unwrap_or(0);
     let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
-    Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, newest })
+    Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, present, deleted, newest })
 }
 
 /// The oldest position to load so that what is loaded fits in `budget` bytes: the newest

@@ -29,6 +29,9 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 pub const MAX_DORMANT_FLOORS: usize = 100_000;
 /// The floors key of the shared floor: a NUL byte, which no channel name holds.
 pub const BASE_FLOOR: &[u8] = b"\0";
+/// The floors key of the count of event records retention ever deleted (written in the same
+/// batch as each deletion; see `tally.rs`).
+pub const DELETED: &[u8] = b"\0deleted";
 
 pub enum Command {
     Append {
@@ -112,7 +115,10 @@ pub struct Writer {
     health: Arc<Health>,
     /// The newest position written, and the newest recorded in the tally (see `tally.rs`).
     newest: u64,
-    tallied: u64,
+    tallied: Option<super::tally::Tally>,
+    /// Event records ever committed, and ever deleted (as the store's own counter says).
+    appended: u64,
+    deleted: u64,
     /// Channels whose events all left the disk but whose floor is kept, with that floor.
     dormant: Vec<(u64, Arc<str>)>,
     dormant_cap: usize,
@@ -138,7 +144,9 @@ impl Writer {
             poison: None,
             health,
             newest: 0,
-            tallied: 0,
+            tallied: None,
+            appended: 0,
+            deleted: 0,
             dormant: Vec::new(),
             dormant_cap: MAX_DORMANT_FLOORS,
         }
@@ -179,19 +187,23 @@ impl Writer {
         }
     }
 
-    /// Positions up to `newest` are accounted for (read back, or known lost): the tally starts
+    /// What start-up read back is accounted for (`present` records on disk, `deleted` by
+    /// retention so far, positions up to `newest` read back or known lost): the tally starts
     /// there, written at once so that a loss found now is not reported again.
-    pub fn start_tally(&mut self, newest: u64) {
+    pub fn start_tally(&mut self, newest: u64, present: u64, deleted: u64) {
         self.newest = newest;
+        self.deleted = deleted;
+        self.appended = present + deleted;
         self.write_tally();
     }
 
     fn write_tally(&mut self) {
-        if self.newest == self.tallied {
+        let tally = super::tally::Tally { newest: self.newest, appended: Some(self.appended) };
+        if self.tallied == Some(tally) {
             return;
         }
-        match super::tally::write(&self.dir, self.newest) {
-            Ok(()) => self.tallied = self.newest,
+        match super::tally::write(&self.dir, tally) {
+            Ok(()) => self.tallied = Some(tally),
             Err(e) => tracing::warn!(error = %e, "history store: could not write the tally"),
         }
     }
@@ -315,6 +327,7 @@ impl Writer {
             {
                 self.newest = self.newest.max(pos);
             }
+            self.appended += keys.len() as u64;
             for ch in &touched {
                 let retention_of = &self.retention_of;
                 self.channels.entry(ch.clone()).or_insert_with(|| ChannelState { count: 0, retention: retention_of(ch) }).count += 1;
@@ -479,7 +492,9 @@ impl Writer {
         }
         if let Some(pos) = floor {
             batch.insert(&engine.floors, channel.as_bytes(), pos.to_be_bytes().to_vec());
+            batch.insert(&engine.floors, DELETED, (self.deleted + removed).to_be_bytes().to_vec());
             batch.commit()?;
+            self.deleted += removed;
             self.unsynced = true;
         }
         Ok((removed, floor.unwrap_or(0)))
@@ -528,7 +543,7 @@ mod tests {
         writer.dormant_cap = 10;
         writer.fold_dormant();
         let floors = &writer.engine.as_ref().unwrap().floors;
-        assert_eq!(floors.iter().count(), 12, "the ten newest floors, user-1's (back in use) and the shared one");
+        assert_eq!(floors.iter().count(), 13, "the ten newest floors, user-1's (back in use), the shared one and the deletion count");
         let base = floors.get(BASE_FLOOR).unwrap().unwrap();
         assert_eq!(u64::from_be_bytes(<[u8; 8]>::try_from(base.as_ref()).unwrap()), 990, "the newest folded floor");
     }
