@@ -14,17 +14,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::process::Served;
 use support::{Sse, TestServer, http, subscribers};
+use tokio::sync::oneshot;
 
-/// A store whose next appends answer after a delay, and fail when told to.
+/// A store whose next appends fail when told to, or wait until the test releases them.
 #[derive(Default)]
 struct FaultyStore {
-    /// For each coming append: (delay, fails). Appends beyond the script succeed at once.
-    script: Mutex<std::collections::VecDeque<(Duration, bool)>>,
+    /// For each coming append: what it waits for, and whether it then fails. Appends beyond the
+    /// script succeed at once.
+    script: Mutex<std::collections::VecDeque<(Option<oneshot::Receiver<()>>, bool)>>,
 }
 
 impl FaultyStore {
-    fn then(&self, delay_ms: u64, fails: bool) {
-        self.script.lock().push_back((Duration::from_millis(delay_ms), fails));
+    /// The next append fails (at once).
+    fn fails_next(&self) {
+        self.script.lock().push_back((None, true));
+    }
+
+    /// The next append answers (`fails` or not) only when the returned sender is used.
+    fn holds_next(&self, fails: bool) -> oneshot::Sender<()> {
+        let (release, held) = oneshot::channel();
+        self.script.lock().push_back((Some(held), fails));
+        release
     }
 }
 
@@ -34,28 +44,42 @@ impl HistoryStore for FaultyStore {
     }
 
     fn append(&self, _events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
-        let (delay, fails) = self.script.lock().pop_front().unwrap_or_default();
+        let (held, fails) = self.script.lock().pop_front().unwrap_or_default();
         Ok(Some(Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            if let Some(held) = held {
+                let _ = held.await;
+            }
             if fails { Err(StoreError("injected write failure".into())) } else { Ok(()) }
         })))
     }
+}
+
+/// A server over a [`FaultyStore`], with a subscriber on channel `c`.
+async fn faulty_server() -> (Arc<FaultyStore>, TestServer, Sse) {
+    let store = Arc::new(FaultyStore::default());
+    let server = TestServer::with_store(store.clone()).await;
+    let sse = Sse::open(&server.url("/sse/c")).await;
+    subscribers(&server, "c", 1).await;
+    (store, server, sse)
 }
 
 async fn post(server: &TestServer, channel: &str, data: &str) -> reqwest::Response {
     http().post(server.url(&format!("/sse/{channel}"))).json(&json!({ "data": data })).send().await.unwrap()
 }
 
+/// Publishes `data` to `c` from a task of its own: its status once the hub answers.
+fn post_in_background(server: &TestServer, data: &'static str) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+    let url = server.url("/sse/c");
+    tokio::spawn(async move { http().post(url).json(&json!({ "data": data })).send().await.map(|r| r.status()).unwrap_or_default() })
+}
+
 #[tokio::test]
 async fn a_failed_append_delivers_nothing_and_later_events_still_flow() {
-    let store = Arc::new(FaultyStore::default());
-    let server = TestServer::with_store(store.clone()).await;
-    let mut sse = Sse::open(&server.url("/sse/c")).await;
-    subscribers(&server, "c", 1).await;
+    let (store, server, mut sse) = faulty_server().await;
     assert_eq!(post(&server, "c", "a").await.status(), 200);
     assert_eq!(sse.data(1).await, ["a"]);
 
-    store.then(0, true);
+    store.fails_next();
     let refused = post(&server, "c", "lost").await;
     assert_eq!(refused.status(), 503);
     let body = refused.text().await.unwrap();
@@ -70,21 +94,15 @@ async fn a_failed_append_delivers_nothing_and_later_events_still_flow() {
 
 #[tokio::test]
 async fn an_event_waits_for_the_appends_before_it() {
-    let store = Arc::new(FaultyStore::default());
-    let server = TestServer::with_store(store.clone()).await;
-    let mut sse = Sse::open(&server.url("/sse/c")).await;
-    subscribers(&server, "c", 1).await;
-    // A slow append that then fails, and a quick one after it that succeeds: the second is
-    // durable first but shown only once the first has settled, and the first never is.
-    store.then(400, true);
-    store.then(0, false);
-    let slow = tokio::spawn({
-        let url = server.url("/sse/c");
-        async move { http().post(url).json(&json!({ "data": "slow" })).send().await.unwrap().status() }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let quick = post(&server, "c", "quick").await;
-    assert_eq!(quick.status(), 200);
+    let (store, server, mut sse) = faulty_server().await;
+    // A held append that will fail, and one after it that succeeds at once: the second is
+    // durable first, but shown only once the first has settled, and the first never is.
+    let release = store.holds_next(true);
+    let slow = post_in_background(&server, "slow");
+    support::eventually(async || store.script.lock().is_empty()).await;
+    assert_eq!(post(&server, "c", "quick").await.status(), 200);
+    sse.expect_no_event(Duration::from_millis(300)).await;
+    release.send(()).unwrap();
     assert_eq!(slow.await.unwrap(), 503);
     assert_eq!(sse.data(1).await, ["quick"]);
     sse.expect_no_event(Duration::from_millis(200)).await;
@@ -92,15 +110,14 @@ async fn an_event_waits_for_the_appends_before_it() {
 
 #[tokio::test]
 async fn a_publisher_that_goes_away_does_not_hold_back_later_events() {
-    let store = Arc::new(FaultyStore::default());
-    let server = TestServer::with_store(store.clone()).await;
-    let mut sse = Sse::open(&server.url("/sse/c")).await;
-    subscribers(&server, "c", 1).await;
-    store.then(500, false);
+    let (store, server, mut sse) = faulty_server().await;
+    let release = store.holds_next(false);
     // The client gives up before the store answers; its request is cancelled.
     let gave_up = http().post(server.url("/sse/c")).json(&json!({ "data": "abandoned" })).timeout(Duration::from_millis(100)).send().await;
     assert!(gave_up.is_err(), "the request timed out");
-    assert_eq!(post(&server, "c", "next").await.status(), 200);
+    let next = post_in_background(&server, "next");
+    release.send(()).unwrap();
+    assert_eq!(next.await.unwrap(), 200);
     // The abandoned event was made durable all the same, so it is shown, in its place.
     assert_eq!(sse.data(2).await, ["abandoned", "next"]);
 }

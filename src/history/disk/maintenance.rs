@@ -110,13 +110,13 @@ fn inspect(engine: &Engine, dir: &Path) -> anyhow::Result<Report> {
     }
     for guard in engine.floors.iter() {
         let (key, value) = guard.into_inner()?;
-        match <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes) {
-            Ok(count) if &*key == writer::DELETED => report.deleted = count,
-            Ok(floor) => {
+        match record::decode_floor(&value) {
+            Some(count) if &*key == record::DELETED => report.deleted = count,
+            Some(floor) => {
                 report.floors += 1;
                 report.newest = report.newest.max(floor);
             }
-            Err(_) => report.damaged_floors.push(key.to_vec()),
+            None => report.damaged_floors.push(key.to_vec()),
         }
     }
     Ok(report)

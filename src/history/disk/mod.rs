@@ -227,13 +227,12 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
     let mut floor_of: HashMap<Vec<u8>, u64> = HashMap::new();
     for guard in floors.iter() {
         let (name, v) = guard.into_inner().context("read a channel's floor")?;
-        let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref()) else {
+        let Some(floor) = record::decode_floor(&v) else {
             tracing::error!(channel = %String::from_utf8_lossy(&name), "history store: skipping a floor that is not 8 bytes");
             continue;
         };
-        let floor = u64::from_be_bytes(bytes);
         // The deletion counter is a count, not a position.
-        if &*name != writer::DELETED {
+        if &*name != record::DELETED {
             newest = newest.max(floor);
         }
         floor_of.insert(name.to_vec(), floor);
@@ -246,8 +245,8 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
             (name, floor, Vec::from(kept))
         })
         .collect();
-    let base_floor = floor_of.remove(writer::BASE_FLOOR).unwrap_or(0);
-    let deleted = floor_of.remove(writer::DELETED).unwrap_or(0);
+    let base_floor = floor_of.remove(record::BASE_FLOOR).unwrap_or(0);
+    let deleted = floor_of.remove(record::DELETED).unwrap_or(0);
     let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
     Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, present, deleted, newest })
 }

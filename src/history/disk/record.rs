@@ -6,12 +6,32 @@
 //!
 //! Value: a version byte, the publish time (µs since the epoch), the publisher's id, the names of
 //! all the event's channels, and the encoded frame.
+//!
+//! The `floors` keyspace: under each channel's name, its floor (the newest position retention
+//! deleted) as 8 big-endian bytes; and two keys that start with NUL, so that no channel has
+//! them: [`BASE_FLOOR`], the floor that dormant channels' floors are folded into, and
+//! [`DELETED`], the count of event records retention ever deleted.
 
 use crate::event::Event;
 use bytes::Bytes;
 use std::sync::Arc;
 
 const VERSION: u8 = 1;
+
+/// The floors key of the shared floor.
+pub const BASE_FLOOR: &[u8] = b"\0";
+/// The floors key of the count of deleted event records.
+pub const DELETED: &[u8] = b"\0deleted";
+
+/// A floor (or the deletion count) as stored.
+pub fn floor_value(n: u64) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+/// A stored floor value, or `None` when it is not 8 bytes (torn).
+pub fn decode_floor(value: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
+}
 
 pub fn key(channel: &str, pos: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(channel.len() + 9);

@@ -23,15 +23,10 @@ const AGE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How often a store that failed is reopened to see whether it can be written again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Floors kept for channels with no event left on disk (all expired or reclaimed). Past it the
-/// oldest are folded into the one shared floor (key [`BASE_FLOOR`]): a client resuming in such a
-/// channel is then told it may have missed events if its id is older than that, which errs on
+/// oldest are folded into the one shared floor (`record::BASE_FLOOR`): a client resuming in such
+/// a channel is then told it may have missed events if its id is older than that, which errs on
 /// the side of a notice, and one-off channels cannot grow the store for ever.
 pub const MAX_DORMANT_FLOORS: usize = 100_000;
-/// The floors key of the shared floor: a NUL byte, which no channel name holds.
-pub const BASE_FLOOR: &[u8] = b"\0";
-/// The floors key of the count of event records retention ever deleted (written in the same
-/// batch as each deletion; see `tally.rs`).
-pub const DELETED: &[u8] = b"\0deleted";
 
 pub enum Command {
     Append {
@@ -163,9 +158,8 @@ impl Writer {
             return;
         }
         let Some(engine) = &self.engine else { return };
-        let floor_of =
-            |key: &[u8]| engine.floors.get(key).ok().flatten().and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes);
-        let mut base = floor_of(BASE_FLOOR).unwrap_or(0);
+        let floor_of = |key: &[u8]| engine.floors.get(key).ok().flatten().and_then(|v| record::decode_floor(&v));
+        let mut base = floor_of(record::BASE_FLOOR).unwrap_or(0);
         let mut batch = engine.db.batch();
         // The newest floors stay: the oldest are folded.
         self.dormant.sort_unstable_by_key(|(floor, _)| std::cmp::Reverse(*floor));
@@ -180,7 +174,7 @@ impl Writer {
                 batch.remove(&engine.floors, name.as_bytes());
             }
         }
-        batch.insert(&engine.floors, BASE_FLOOR, base.to_be_bytes().to_vec());
+        batch.insert(&engine.floors, record::BASE_FLOOR, record::floor_value(base));
         match batch.commit() {
             Ok(()) => self.unsynced = true,
             Err(e) => self.poisoned(format!("folding floors: {e}"), Vec::new()),
@@ -491,8 +485,8 @@ impl Writer {
             removed += 1;
         }
         if let Some(pos) = floor {
-            batch.insert(&engine.floors, channel.as_bytes(), pos.to_be_bytes().to_vec());
-            batch.insert(&engine.floors, DELETED, (self.deleted + removed).to_be_bytes().to_vec());
+            batch.insert(&engine.floors, channel.as_bytes(), record::floor_value(pos));
+            batch.insert(&engine.floors, record::DELETED, record::floor_value(self.deleted + removed));
             batch.commit()?;
             self.deleted += removed;
             self.unsynced = true;
@@ -544,7 +538,7 @@ mod tests {
         writer.fold_dormant();
         let floors = &writer.engine.as_ref().unwrap().floors;
         assert_eq!(floors.iter().count(), 13, "the ten newest floors, user-1's (back in use), the shared one and the deletion count");
-        let base = floors.get(BASE_FLOOR).unwrap().unwrap();
-        assert_eq!(u64::from_be_bytes(<[u8; 8]>::try_from(base.as_ref()).unwrap()), 990, "the newest folded floor");
+        let base = floors.get(record::BASE_FLOOR).unwrap().unwrap();
+        assert_eq!(record::decode_floor(&base), Some(990), "the newest folded floor");
     }
 }
