@@ -1,6 +1,6 @@
-//! How connections are served: HTTP/1 subscriptions go straight onto the socket (close-delimited,
-//! for HTTP/1.0 as well), an error on the subscribe path leaves the connection usable for the
-//! next request, HTTP/2 subscriptions go through hyper, bytes a careless client sends after
+//! How connections are served: HTTP/1 subscriptions go straight onto the socket (chunked over
+//! HTTP/1.1, close-delimited over HTTP/1.0), an error on the subscribe path leaves the
+//! connection usable for the next request, HTTP/2 subscriptions go through hyper, bytes a careless client sends after
 //! subscribing change nothing, and HTTP/1.1 publishes are served on the socket too (pipelined,
 //! split, refused, or cut short).
 
@@ -26,26 +26,113 @@ async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, needle: &str) {
     .unwrap_or_else(|_| panic!("`{needle}` within the wait; got:\n{}", String::from_utf8_lossy(buf)));
 }
 
+/// An HTTP/1.1 stream is chunked, one chunk per write, every chunk whole SSE lines, and ends
+/// with the last chunk when the hub closes; checked with a strict chunk parser on both paths
+/// (the socket's and hyper's, which a request with more header fields than the socket path
+/// reads goes to).
 #[tokio::test]
-async fn http10_and_http11_streams_are_close_delimited() {
+async fn http11_streams_are_chunked_on_either_path() {
     let server = TestServer::start().await;
-    for version in ["HTTP/1.0", "HTTP/1.1"] {
+    let mut bodies = Vec::new();
+    let many_fields: String = (0..70).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    for (channel, extra) in [("socket", String::new()), ("hyper", many_fields)] {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
-        conn.write_all(format!("GET /sse/plain {version}\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        read_until(&mut conn, &mut buf, ": connected\n").await;
-        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
-        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
-        assert!(text.contains("\r\ncontent-type: text/event-stream"), "{text}");
-        assert!(text.contains("\r\ndate: "), "{text}");
-        assert!(!text.contains("transfer-encoding"), "{text}");
-        assert!(!text.contains("content-length"), "{text}");
-        support::subscribers(&server, "plain", 1).await;
-        let id = server.publish_data("plain", version).await;
-        read_until(&mut conn, &mut buf, &format!("id: {id}\n\n")).await;
-        assert!(String::from_utf8_lossy(&buf).contains(&format!("data: {version}\n")));
+        conn.write_all(format!("GET /sse/{channel} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let head = support::chunked::read_head(&mut conn, &mut rest).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.field("transfer-encoding"), Some("chunked"), "{channel}");
+        assert_eq!(head.field("content-length"), None);
+        assert_eq!(head.field("content-type"), Some("text/event-stream; charset=utf-8"));
+        assert!(head.field("date").is_some());
+        let mut body = support::chunked::Chunked { buf: rest };
+        // The preamble is one chunk of its own: whole lines, no event.
+        let preamble = body.data(&mut conn).await;
+        assert!(preamble.starts_with(b": connected\n") && preamble.ends_with(b"\n"), "{:?}", String::from_utf8_lossy(&preamble));
+        support::subscribers(&server, channel, 1).await;
+        let id = server.publish_data(channel, "one\ntwo").await;
+        let chunk = String::from_utf8(body.data(&mut conn).await).unwrap();
+        assert_eq!(chunk, format!("data: one\ndata: two\nid: {id}\n\n"), "one event, one chunk");
+        // A burst leaves in as few chunks as the writes it took, each whole events.
+        let ids: Vec<String> = futures_util::future::join_all((0..20).map(|i| {
+            let server = &server;
+            async move { server.publish_data(channel, &format!("b{i}")).await }
+        }))
+        .await;
+        let mut got = String::new();
+        while !got.contains(&format!("id: {}\n\n", ids.iter().max_by_key(|id| id.parse::<u64>().unwrap()).unwrap())) {
+            let chunk = String::from_utf8(body.data(&mut conn).await).unwrap();
+            assert!(chunk.ends_with("\n\n") && !chunk.is_empty(), "a chunk ends at an event's end: {chunk:?}");
+            got.push_str(&chunk);
+        }
+        assert_eq!(got.matches("data: b").count(), 20);
+        bodies.push((conn, body));
     }
+    // Shutting down ends each body with its last chunk, then closes.
+    tokio::spawn(server.shutdown());
+    for (mut conn, mut body) in bodies {
+        loop {
+            match body.next(&mut conn).await {
+                support::chunked::Chunk::Last => break,
+                // A keep-alive or the like before the end is fine; whole lines all the same.
+                support::chunked::Chunk::Data(data) => assert!(data.ends_with(b"\n")),
+            }
+        }
+    }
+}
+
+/// HTTP/1.0 has no chunks: its stream runs until the connection closes, unframed.
+#[tokio::test]
+async fn http10_streams_are_close_delimited() {
+    let server = TestServer::start().await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"GET /sse/plain HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut conn, &mut buf, ": connected\n").await;
+    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-type: text/event-stream"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(!text.contains("content-length"), "{text}");
+    let body_start = text.find("\r\n\r\n").unwrap() + 4;
+    assert!(text[body_start..].starts_with(": connected\n"), "the body is the stream itself: {text}");
+    support::subscribers(&server, "plain", 1).await;
+    let id = server.publish_data("plain", "over 1.0").await;
+    read_until(&mut conn, &mut buf, &format!("id: {id}\n\n")).await;
+    assert!(String::from_utf8_lossy(&buf).ends_with(&format!("\ndata: over 1.0\nid: {id}\n\n")));
+    // The end of the stream is the connection closing.
+    server.shutdown().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut rest)).await.expect("the server closes").unwrap();
+    assert!(!String::from_utf8_lossy(&rest).contains("0\r\n"), "no chunk framing: {rest:?}");
+}
+
+/// `HEAD` on a stream answers its head and nothing else, and leaves no subscription behind.
+#[tokio::test]
+async fn head_answers_the_stream_head_without_a_body() {
+    let server = TestServer::start().await;
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        conn.write_all(format!("HEAD /sse/peek {version}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(WAIT, conn.read_to_end(&mut all)).await.expect("HEAD is answered and closed").unwrap();
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut fields);
+        let len = match response.parse(&all).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => panic!("a whole head: {:?}", String::from_utf8_lossy(&all)),
+        };
+        assert_eq!(response.code, Some(200), "{version}");
+        let content_type = response.headers.iter().find(|f| f.name.eq_ignore_ascii_case("content-type")).unwrap();
+        assert_eq!(content_type.value, b"text/event-stream; charset=utf-8");
+        assert_eq!(len, all.len(), "no body after the head: {:?}", String::from_utf8_lossy(&all[len..]));
+    }
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp = h2.head(server.url("/sse/peek")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 0);
+    support::eventually(async || server.stats().await["totals"]["subscriptions"] == 0).await;
 }
 
 #[tokio::test]

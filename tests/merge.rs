@@ -7,9 +7,9 @@ use herald::sse::{Item, Parser};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
+use support::http;
 use support::process::Served;
-use support::{WAIT, http};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const CHANNELS: usize = 256;
 const PER_CHANNEL: usize = 256;
@@ -76,19 +76,13 @@ async fn a_256_channel_replay_holds_one_write_batch_and_arrives_in_order() {
     conn.write_all(request.as_bytes()).await.unwrap();
     let mut parser = Parser::new();
     let mut next = 0usize;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut head = true;
+    let mut rest = Vec::new();
+    assert_eq!(support::chunked::read_head(&mut conn, &mut rest).await.status, 200);
+    let mut body = support::chunked::Chunked { buf: rest };
     while next < CHANNELS * PER_CHANNEL {
-        let n = tokio::time::timeout(WAIT, conn.read(&mut buf)).await.expect("events keep coming").unwrap();
-        assert!(n > 0, "stream ended after {next} events");
-        let mut bytes = &buf[..n];
-        if head {
-            let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("the head in the first read") + 4;
-            bytes = &bytes[end..];
-            head = false;
-        }
+        let chunk = body.data(&mut conn).await;
         let mut items = Vec::new();
-        parser.feed(bytes, &mut items);
+        parser.feed(&chunk, &mut items);
         for item in items {
             if let Item::Event(ev) = item {
                 assert_eq!(ev.data, format!("{next:0>100}"), "event {next}");

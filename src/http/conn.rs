@@ -89,6 +89,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
             }
         };
         request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        let stream_length = if request.version() == http::Version::HTTP_10 {
+            event_stream::BodyLength::UntilClose
+        } else {
+            event_stream::BodyLength::Chunked
+        };
         let response = match shared.app.clone().oneshot(*request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -97,9 +102,9 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
         if let Some(sub) = parts.extensions.get::<Handoff>().and_then(Handoff::take) {
             drop(body);
             drop(buf);
-            let head = event_stream::response_head(&parts, None, true);
+            let head = event_stream::response_head(&parts, stream_length, true);
             drop(parts);
-            if let Err(e) = event_stream::pump(&mut stream, head, sub).await {
+            if let Err(e) = event_stream::pump(&mut stream, head, stream_length, sub).await {
                 tracing::debug!(%peer, error = %e, "event stream ended with an error");
             }
             return;
@@ -112,7 +117,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
                 return;
             }
         };
-        let mut out = event_stream::response_head(&parts, Some(body.len()), !keep_alive);
+        let mut out = event_stream::response_head(&parts, event_stream::BodyLength::Exact(body.len()), !keep_alive);
         out.extend_from_slice(&body);
         if stream.write_all(&out).await.is_err() || !keep_alive {
             let _ = stream.shutdown().await;
@@ -139,7 +144,7 @@ async fn refuse(stream: &mut TcpStream, error: &ApiError) {
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = error.status;
     parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    let mut out = event_stream::response_head(&parts, Some(body.len()), true);
+    let mut out = event_stream::response_head(&parts, event_stream::BodyLength::Exact(body.len()), true);
     out.extend_from_slice(&body);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;

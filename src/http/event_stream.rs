@@ -72,10 +72,22 @@ impl Body for HandoffBody {
     }
 }
 
-/// Serialises a response head for HTTP/1.1. `body_len` of `None` means the body runs until the
-/// connection closes, which is how an event stream is delimited here: no chunk framing to
-/// write around every batch, and it works for HTTP/1.0 clients as well.
-pub fn response_head(parts: &http::response::Parts, body_len: Option<usize>, close: bool) -> Vec<u8> {
+/// How the body after an HTTP/1 response head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// A body of this many bytes (every answer that is not an event stream).
+    Exact(usize),
+    /// `Transfer-Encoding: chunked`, each write one chunk: an HTTP/1.1 event stream. A client
+    /// that reads fixed-size blocks (Python's `requests` and `urllib3` do) can only tell where a
+    /// close-delimited body's bytes end by waiting for the block to fill; a chunk tells it how
+    /// many bytes to wait for, so each event is handed over as it arrives.
+    Chunked,
+    /// Until the connection closes: an HTTP/1.0 event stream (HTTP/1.0 has no chunks).
+    UntilClose,
+}
+
+/// Serialises a response head for HTTP/1.1.
+pub fn response_head(parts: &http::response::Parts, length: BodyLength, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -94,10 +106,14 @@ pub fn response_head(parts: &http::response::Parts, body_len: Option<usize>, clo
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(len) = body_len {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match length {
+        BodyLength::Exact(len) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyLength::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyLength::UntilClose => {}
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -106,12 +122,18 @@ pub fn response_head(parts: &http::response::Parts, body_len: Option<usize>, clo
     out
 }
 
-/// Writes `head` and then the subscription's output until the stream ends or the client goes.
-pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, mut sub: Subscription) -> io::Result<()> {
+/// Writes `head` and then the subscription's output until the stream ends or the client goes,
+/// as chunks when `length` is [`BodyLength::Chunked`].
+pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, length: BodyLength, mut sub: Subscription) -> io::Result<()> {
+    let chunked = length == BodyLength::Chunked;
     // The head and the preamble (always ready) leave in one write.
     let mut first = head;
     if let Poll::Ready(true) = sub.poll_pending(&mut Context::from_waker(std::task::Waker::noop())) {
-        first.extend_from_slice(sub.pending());
+        if chunked {
+            chunk::put(&mut first, sub.pending());
+        } else {
+            first.extend_from_slice(sub.pending());
+        }
         sub.sent();
     }
     stream.write_all(&first).await?;
@@ -126,13 +148,100 @@ pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, mut sub: Subscription) 
         })
         .await;
         match next {
-            Some(true) => {
-                stream.write_all(sub.pending()).await?;
-                sub.sent();
+            Some(true) if chunked => chunk::write(stream, sub.pending()).await?,
+            Some(true) => stream.write_all(sub.pending()).await?,
+            // The hub is closing or the lag policy ended the stream: end it cleanly (a chunked
+            // body with its last chunk, so the client can tell an end from a cut).
+            Some(false) => {
+                if chunked {
+                    stream.write_all(chunk::LAST).await?;
+                }
+                return stream.shutdown().await;
             }
-            // The hub is closing or the lag policy ended the stream: close it cleanly.
-            Some(false) => return stream.shutdown().await,
             None => return Ok(()),
+        }
+        sub.sent();
+    }
+}
+
+/// HTTP/1.1 chunks (RFC 9112, section 7.1), written without copying the data.
+mod chunk {
+    use std::io::{self, IoSlice};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    /// The last chunk, with no trailer fields.
+    pub const LAST: &[u8] = b"0\r\n\r\n";
+
+    /// Longest size line: 16 hex digits and CRLF.
+    const SIZE_LINE: usize = 18;
+
+    /// The size line of a chunk of `len` bytes, in `line`; returns its length.
+    fn size_line(len: usize, line: &mut [u8; SIZE_LINE]) -> usize {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+        for (i, slot) in line[..digits].iter_mut().enumerate() {
+            *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
+        }
+        line[digits..digits + 2].copy_from_slice(b"\r\n");
+        digits + 2
+    }
+
+    /// Appends `data` as one chunk to `out`.
+    pub fn put(out: &mut Vec<u8>, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut line = [0u8; SIZE_LINE];
+        let n = size_line(data.len(), &mut line);
+        out.extend_from_slice(&line[..n]);
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes `data` as one chunk: size line, data and CRLF leave in one `writev`, so a
+    /// chunked write costs the system call a close-delimited one does. An empty write is
+    /// skipped, as an empty chunk would end the body.
+    pub async fn write(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut line = [0u8; SIZE_LINE];
+        let n = size_line(data.len(), &mut line);
+        let mut parts = [IoSlice::new(&line[..n]), IoSlice::new(data), IoSlice::new(b"\r\n")];
+        let mut left = &mut parts[..];
+        while !left.is_empty() {
+            let written = stream.write_vectored(left).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut left, written);
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn size_lines_are_lowercase_hex_without_leading_zeros() {
+            let mut line = [0u8; SIZE_LINE];
+            for (len, want) in [(1, "1"), (15, "f"), (16, "10"), (255, "ff"), (4096, "1000"), (200_017, "30d51")] {
+                let n = size_line(len, &mut line);
+                assert_eq!(std::str::from_utf8(&line[..n]).unwrap(), format!("{want}\r\n"));
+            }
+            let n = size_line(usize::MAX, &mut line);
+            assert_eq!(&line[..n], b"ffffffffffffffff\r\n");
+        }
+
+        #[test]
+        fn an_empty_chunk_is_never_put() {
+            let mut out = Vec::new();
+            put(&mut out, b"");
+            assert!(out.is_empty());
+            put(&mut out, b"data: x\n\n");
+            assert_eq!(out, b"a\r\ndata: x\n\n\r\n");
         }
     }
 }

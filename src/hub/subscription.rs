@@ -20,7 +20,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-static KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+/// A keep-alive is a comment line with no blank line after it. Under the spec a blank line with
+/// nothing buffered dispatches nothing, but some clients (`httpx-sse` 0.4) hand out an empty
+/// event at every blank line once they have seen an id; a comment line alone is ignored by
+/// every client, and the next event's blank line ends it with that event.
+static KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n";
 static KEEPALIVE_PING: &[u8] = b"event: ping\ndata: \n\n";
 
 #[derive(Debug, Clone)]
@@ -88,13 +92,15 @@ impl Subscription {
         epoch: u64,
     ) -> Self {
         let mut head = BytesMut::with_capacity(64 + missed_notice.as_ref().map_or(0, Bytes::len));
+        // No blank line after the preamble, for the same clients as the keep-alive: a block
+        // holding only `retry:` is an empty event to them. A conforming client applies `retry:`
+        // as soon as it reads the line; the others take it with the first event.
         head.put_slice(b": connected\n");
         if let Some(retry) = options.retry {
             head.put_slice(b"retry: ");
             head.put_slice(itoa::Buffer::new().format(retry.as_millis()).as_bytes());
             head.put_u8(b'\n');
         }
-        head.put_u8(b'\n');
         if let Some(notice) = missed_notice {
             head.put_slice(&notice);
         }

@@ -131,15 +131,6 @@ fn put_data_line(buf: &mut BytesMut, line: &[u8]) {
     buf.put_u8(b'\n');
 }
 
-/// A comment line block, e.g. `: keep-alive\n\n`.
-pub fn comment(text: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(text.len() + 4);
-    buf.put_slice(b": ");
-    buf.put_slice(text.as_bytes());
-    buf.put_slice(b"\n\n");
-    buf.freeze()
-}
-
 /// An event block without an id (Herald's own notices: they must not move the client's
 /// last-event-id, or its next reconnect would skip real events).
 pub fn notice(event: &str, data: &str) -> Bytes {

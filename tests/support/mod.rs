@@ -2,6 +2,7 @@
 //! parses streams with Herald's spec-conformant parser.
 #![allow(dead_code)]
 
+pub mod chunked;
 pub mod process;
 pub mod proxy;
 
