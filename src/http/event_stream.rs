@@ -241,7 +241,7 @@ mod chunk {
             put(&mut out, b"");
             assert!(out.is_empty());
             put(&mut out, b"data: x\n\n");
-            assert_eq!(out, b"a\r\ndata: x\n\n\r\n");
+            assert_eq!(out, b"9\r\ndata: x\n\n\r\n");
         }
     }
 }
