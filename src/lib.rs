@@ -11,5 +11,6 @@ pub mod event;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod json;
 pub mod sse;
 pub mod telemetry;

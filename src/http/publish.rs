@@ -184,46 +184,17 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
         .map(|(i, mut input)| {
             let id = match input.id.take().as_deref().map(RawValue::get) {
                 None | Some("null") => None,
-                Some(raw) if raw.starts_with('"') => Some(string_of(raw)),
+                Some(raw) if raw.starts_with('"') => Some(crate::json::string_text(raw)),
                 // ssehub publishers send numeric ids: their digits, exactly.
                 Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(raw.to_owned()),
                 Some(_) => return Err(at(i, "`id` must be a string or a number".into())),
             };
             let raw = input.data.get();
-            let data = if raw.starts_with('"') { string_of(raw) } else { compact_json(raw) };
+            let data = if raw.starts_with('"') { crate::json::string_text(raw) } else { crate::json::compact(raw) };
             let draft = Draft { id, event: input.event.take(), data, retry: input.retry };
             Ok((input, draft))
         })
         .collect()
-}
-
-/// The text of a JSON string that serde_json has already checked.
-fn string_of(raw: &str) -> String {
-    serde_json::from_str(raw).expect("a JSON string serde_json has validated")
-}
-
-/// Valid JSON text without its insignificant whitespace: everything else (key order, numbers'
-/// text, escapes) stays byte for byte what the publisher sent, which a parse and re-serialise
-/// would not keep (`{"z":1,"a":2}` reordered, `123456789012345678901234567890` rounded).
-fn compact_json(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in raw.chars() {
-        if in_string {
-            out.push(c);
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_string = false,
-                _ => {}
-            }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query.
@@ -270,16 +241,4 @@ async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Pu
     }
     let ids = hub.publish(items).await?;
     Ok(Json(Published { ids }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compact_json;
-
-    #[test]
-    fn json_data_keeps_everything_but_insignificant_whitespace() {
-        let raw = "{ \"z\" : 1,\n \"a\": [ 0.1000, 123456789012345678901234567890 ],\t\"s\": \" sp \\\" \\u00e9 \" }";
-        assert_eq!(compact_json(raw), "{\"z\":1,\"a\":[0.1000,123456789012345678901234567890],\"s\":\" sp \\\" \\u00e9 \"}");
-        assert_eq!(compact_json("[ \"\\\\\", 2 ]"), "[\"\\\\\",2]", "an escaped backslash ends before the quote");
-    }
 }
