@@ -7,6 +7,9 @@
 #
 #   bash bench/compare.sh            # full run, about 10 minutes once built
 #   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
+#   SERVER_BIN=/path/to/old/herald DOCS_DIR=/tmp/before bash bench/compare.sh
+#                                    # another herald build as the server (a "before" run); the
+#                                    # load generator is still this tree's
 #
 # Needs root (or sudo) once, to install nginx and Nchan from Debian's packages.
 set -euo pipefail
@@ -37,6 +40,7 @@ fi
 echo "== building herald (release)"
 cargo build --release --quiet
 HERALD="${CARGO_TARGET_DIR:-target}/release/herald"
+SERVER_BIN=${SERVER_BIN:-$HERALD}
 
 WORK=$(mktemp -d)
 RESULTS="$WORK/results"
@@ -53,7 +57,7 @@ start_herald() {
     # keep 10,000 events per channel, so that a subscriber the load generator reads late in a
     # saturating run is not pushed past what history holds (Herald would tell it how many it
     # skipped; the run would count them as lost).
-    HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000 taskset -c "$SERVER_CPU" "$HERALD" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
+    HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000 taskset -c "$SERVER_CPU" "$SERVER_BIN" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
         --log-level warn 2>"$WORK/herald.log" &
     SERVER_PIDS=$!
     URLS=(--sub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --pub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --body json)
@@ -186,6 +190,6 @@ echo "== writing $DOCS_DIR/benchmarks.md"
 mkdir -p "$DOCS_DIR"
 cp "$RESULTS/all.jsonl" "$DOCS_DIR/benchmarks.jsonl"
 python3 bench/report.py "$DOCS_DIR/benchmarks.jsonl" "$DOCS_DIR" \
-    --herald-version "$("$HERALD" --version) ($(git rev-parse --short HEAD))" \
+    --herald-version "$("$SERVER_BIN" --version) ($([ "$SERVER_BIN" = "$HERALD" ] && git rev-parse --short HEAD || echo "$SERVER_BIN"))" \
     --nchan-version "$(dpkg-query -W -f='${Version}' libnginx-mod-nchan) on $(nginx -v 2>&1 | sed 's/.*: //')" \
     --quick "$QUICK"
