@@ -167,7 +167,9 @@ pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, length: BodyLength, mut
 /// HTTP/1.1 chunks (RFC 9112, section 7.1), written without copying the data.
 mod chunk {
     use std::io::{self, IoSlice};
-    use tokio::io::AsyncWriteExt;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::AsyncWrite;
     use tokio::net::TcpStream;
 
     /// The last chunk, with no trailer fields.
@@ -202,22 +204,45 @@ mod chunk {
     /// Writes `data` as one chunk: size line, data and CRLF leave in one `writev`, so a
     /// chunked write costs the system call a close-delimited one does. An empty write is
     /// skipped, as an empty chunk would end the body.
-    pub async fn write(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
+    pub fn write<'a>(stream: &'a mut TcpStream, data: &'a [u8]) -> WriteChunk<'a> {
         let mut line = [0u8; SIZE_LINE];
-        let n = size_line(data.len(), &mut line);
-        let mut parts = [IoSlice::new(&line[..n]), IoSlice::new(data), IoSlice::new(b"\r\n")];
-        let mut left = &mut parts[..];
-        while !left.is_empty() {
-            let written = stream.write_vectored(left).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+        let line_len = if data.is_empty() { 0 } else { size_line(data.len(), &mut line) as u8 };
+        WriteChunk { stream, data, line, line_len, written: 0 }
+    }
+
+    /// The write in flight. Kept small on purpose: it is part of every stream's task, idle ones
+    /// included, so it holds the size line and a count, and makes its `IoSlice`s on each poll.
+    pub struct WriteChunk<'a> {
+        stream: &'a mut TcpStream,
+        data: &'a [u8],
+        line: [u8; SIZE_LINE],
+        line_len: u8,
+        written: usize,
+    }
+
+    impl Future for WriteChunk<'_> {
+        type Output = io::Result<()>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let line = &this.line[..usize::from(this.line_len)];
+            if line.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            IoSlice::advance_slices(&mut left, written);
+            let total = line.len() + this.data.len() + 2;
+            while this.written < total {
+                let mut parts = [IoSlice::new(line), IoSlice::new(this.data), IoSlice::new(b"\r\n")];
+                let mut left = &mut parts[..];
+                IoSlice::advance_slices(&mut left, this.written);
+                match Pin::new(&mut *this.stream).poll_write_vectored(cx, left) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => this.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
         }
-        Ok(())
     }
 
     #[cfg(test)]

@@ -104,6 +104,7 @@ impl DiskStore {
         for (name, floor) in &recovered.dormant {
             writer.know_dormant(name.clone(), *floor);
         }
+        writer.know_base_floor(recovered.base_floor);
         let (tx, rx) = mpsc::channel();
         let handle =
             std::thread::Builder::new().name("herald-store".into()).spawn(move || writer.run(rx)).context("start the store writer")?;

@@ -117,6 +117,8 @@ pub struct Writer {
     /// Channels whose events all left the disk but whose floor is kept, with that floor.
     dormant: Vec<(u64, Arc<str>)>,
     dormant_cap: usize,
+    /// The shared floor on disk (`record::BASE_FLOOR`) that folded dormant floors went into.
+    base_floor: u64,
 }
 
 impl Writer {
@@ -144,12 +146,18 @@ impl Writer {
             deleted: 0,
             dormant: Vec::new(),
             dormant_cap: MAX_DORMANT_FLOORS,
+            base_floor: 0,
         }
     }
 
     /// A channel with floor `floor` on disk and no events (from recovery).
     pub fn know_dormant(&mut self, channel: Arc<str>, floor: u64) {
         self.dormant.push((floor, channel));
+    }
+
+    /// The shared floor start-up read back.
+    pub fn know_base_floor(&mut self, base: u64) {
+        self.base_floor = base;
     }
 
     /// Folds the oldest dormant floors past [`MAX_DORMANT_FLOORS`] into the shared floor.
@@ -176,7 +184,10 @@ impl Writer {
         }
         batch.insert(&engine.floors, record::BASE_FLOOR, record::floor_value(base));
         match batch.commit() {
-            Ok(()) => self.unsynced = true,
+            Ok(()) => {
+                self.unsynced = true;
+                self.base_floor = base;
+            }
             Err(e) => self.poisoned(format!("folding floors: {e}"), Vec::new()),
         }
     }
@@ -287,6 +298,17 @@ impl Writer {
                     for ev in events {
                         let value = record::encode(ev, wall);
                         for ch in ev.channels.iter() {
+                            // A channel back on disk after its floor was folded into the shared
+                            // one takes that floor as its own (as the hub gave it when it came
+                            // back), so that once it has events again, start-up does not lose
+                            // it. Looked up only for channels new to the writer, only once
+                            // floors were ever folded.
+                            if self.base_floor > 0
+                                && !self.channels.contains_key(ch)
+                                && matches!(engine.floors.get(ch.as_bytes()), Ok(None))
+                            {
+                                batch.insert(&engine.floors, ch.as_bytes(), record::floor_value(self.base_floor));
+                            }
                             let key = record::key(ch, ev.pos);
                             batch.insert(&engine.events, key.clone(), value.clone());
                             keys.push(key);
@@ -540,5 +562,21 @@ mod tests {
         assert_eq!(floors.iter().count(), 13, "the ten newest floors, user-1's (back in use), the shared one and the deletion count");
         let base = floors.get(record::BASE_FLOOR).unwrap().unwrap();
         assert_eq!(record::decode_floor(&base), Some(990), "the newest folded floor");
+
+        // user-5's floor (5) was folded. Back with an event, it takes the shared floor as its
+        // own, so that start-up gives it that floor while it has events (it used to give it
+        // none: a client resuming from before 5 was told nothing). user-995 kept its own.
+        let now = crate::event::now_wall_us();
+        append(&mut writer, vec![event(now + 1, "user-5"), event(now + 2, "user-995"), event(now + 3, "user-5")]);
+        let floors = &writer.engine.as_ref().unwrap().floors;
+        let own = |name: &str| floors.get(name).unwrap().and_then(|v| record::decode_floor(&v));
+        assert_eq!(own("user-5"), Some(990));
+        assert_eq!(own("user-995"), Some(995), "an own floor stays as it is");
+        let engine = writer.engine.as_ref().unwrap();
+        let retention_of: RetentionOf = Box::new(move |_| Some(retention));
+        let recovered = super::super::recover(&engine.events, &engine.floors, usize::MAX, &retention_of).unwrap();
+        let floor_of = |name: &str| recovered.channels.iter().find(|(n, ..)| &**n == name).map(|(_, floor, _)| *floor);
+        assert_eq!(floor_of("user-5"), Some(990), "start-up keeps the floor of a channel that came back");
+        assert_eq!(floor_of("user-995"), Some(995));
     }
 }
