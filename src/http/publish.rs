@@ -189,8 +189,7 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
                 Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(raw.to_owned()),
                 Some(_) => return Err(at(i, "`id` must be a string or a number".into())),
             };
-            let raw = input.data.get();
-            let data = if raw.starts_with('"') { crate::json::string_text(raw) } else { crate::json::compact(raw) };
+            let data = crate::json::data_text(input.data.get());
             let draft = Draft { id, event: input.event.take(), data, retry: input.retry };
             Ok((input, draft))
         })
