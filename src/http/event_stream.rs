@@ -122,12 +122,22 @@ pub fn response_head(parts: &http::response::Parts, length: BodyLength, close: b
     out
 }
 
-/// Writes `head` and then the subscription's output until the stream ends or the client goes,
-/// as chunks when `length` is [`BodyLength::Chunked`].
-pub async fn pump(stream: &mut TcpStream, head: Vec<u8>, length: BodyLength, mut sub: Subscription) -> io::Result<()> {
-    let chunked = length == BodyLength::Chunked;
+/// A subscription's response, ready to stream on the socket.
+pub struct OpenStream {
+    /// The response head, sent with the preamble.
+    pub head: Vec<u8>,
+    pub length: BodyLength,
+    pub sub: Subscription,
+}
+
+/// Writes the head and then the subscription's output until the stream ends or the client
+/// goes, as chunks when the length is [`BodyLength::Chunked`]. The stream is borrowed, not
+/// taken, so that the connection's task holds it once.
+pub async fn pump(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
+    let chunked = open.length == BodyLength::Chunked;
+    let sub = &mut open.sub;
     // The head and the preamble (always ready) leave in one write.
-    let mut first = head;
+    let mut first = std::mem::take(&mut open.head);
     if let Poll::Ready(true) = sub.poll_pending(&mut Context::from_waker(std::task::Waker::noop())) {
         if chunked {
             chunk::put(&mut first, sub.pending());

@@ -60,9 +60,11 @@ pub struct Subscription {
     hub: Arc<Hub>,
     waker: Arc<AtomicWaker>,
     cursors: Vec<Cursor>,
+    /// What is to be sent next; at first the connect preamble (comment, `retry:`, a
+    /// missed-events notice).
     buf: BytesMut,
-    /// The connect preamble (comment, `retry:`, a missed-events notice), sent first.
-    head: Option<Bytes>,
+    /// The preamble in `buf` has not been handed out yet.
+    preamble_due: bool,
     /// The hub's keep-alive tick last looked at: a stream that wrote nothing between two ticks
     /// gets a keep-alive. One hub-wide ticker instead of a timer per connection keeps idle
     /// connections small and costs a delivery nothing.
@@ -78,7 +80,12 @@ pub struct Subscription {
     /// The merge of several channels: each cursor with an event due, by that event's position.
     /// At most one entry per channel, so it is bounded by the channels named, not by events.
     heads: BinaryHeap<Reverse<(u64, usize)>>,
-    options: SubscriptionOptions,
+    // The options a stream needs after it opened, held as compactly as they can be: every idle
+    // connection carries them.
+    write_batch: usize,
+    keepalive: bool,
+    ping_event: bool,
+    lag_policy: LagPolicy,
 }
 
 impl Subscription {
@@ -111,8 +118,8 @@ impl Subscription {
             hub,
             waker,
             cursors,
-            buf: BytesMut::new(),
-            head: Some(head.freeze()),
+            buf: head,
+            preamble_due: true,
             tick_seen,
             wrote_since_tick: true,
             ending: false,
@@ -120,7 +127,10 @@ impl Subscription {
             finished: false,
             last_pos: 0,
             heads: BinaryHeap::new(),
-            options,
+            write_batch: options.write_batch,
+            keepalive: options.keepalive.is_some(),
+            ping_event: options.ping_event,
+            lag_policy: options.lag_policy,
         }
     }
 
@@ -134,7 +144,7 @@ impl Subscription {
         let upto = self.hub.watermark();
         loop {
             let c = &mut self.cursors[0];
-            match c.channel.log.read_into(&mut c.next, upto, &mut self.buf, self.options.write_batch) {
+            match c.channel.log.read_into(&mut c.next, upto, &mut self.buf, self.write_batch) {
                 ReadStep::Done => return,
                 ReadStep::Lagged(n) => {
                     if !self.lagged(n) {
@@ -160,7 +170,7 @@ impl Subscription {
         let start = self.buf.len();
         while let Some(Reverse((pos, i))) = self.heads.pop() {
             // Always at least one event per write, however large.
-            let room = if self.buf.len() == start { usize::MAX } else { self.options.write_batch.saturating_sub(self.buf.len() - start) };
+            let room = if self.buf.len() == start { usize::MAX } else { self.write_batch.saturating_sub(self.buf.len() - start) };
             let c = &mut self.cursors[i];
             match c.channel.log.take(&mut c.next, upto, self.last_pos, &mut self.buf, room) {
                 Take::Taken { next } => {
@@ -200,7 +210,7 @@ impl Subscription {
         self.buf.put_slice(b"event: error\ndata: lagged: ");
         self.buf.put_slice(itoa::Buffer::new().format(skipped).as_bytes());
         self.buf.put_slice(b" messages skipped\n\n");
-        match self.options.lag_policy {
+        match self.lag_policy {
             LagPolicy::Notify => true,
             LagPolicy::Disconnect => {
                 self.ending = true;
@@ -220,8 +230,7 @@ impl Subscription {
     /// is closing, or the lag policy ended it). The caller writes them and calls
     /// [`sent`](Self::sent); the buffer is reused, so delivery allocates nothing.
     pub fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if let Some(head) = self.head.take() {
-            self.buf.extend_from_slice(&head);
+        if std::mem::take(&mut self.preamble_due) {
             return Poll::Ready(true);
         }
         if self.finished {
@@ -252,13 +261,13 @@ impl Subscription {
             self.finished = true;
             return Poll::Ready(false);
         }
-        if self.options.keepalive.is_some() {
+        if self.keepalive {
             let tick = self.hub.keepalive_ticks();
             if tick != self.tick_seen {
                 self.tick_seen = tick;
                 // Only a stream that was idle for a whole tick needs a keep-alive.
                 if !std::mem::take(&mut self.wrote_since_tick) {
-                    self.buf.extend_from_slice(if self.options.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT });
+                    self.buf.extend_from_slice(if self.ping_event { KEEPALIVE_PING } else { KEEPALIVE_COMMENT });
                     return Poll::Ready(true);
                 }
             }
