@@ -3,6 +3,7 @@
 //! Publishers hand it events over HTTP; it delivers each one to every subscriber of its channel
 //! as `text/event-stream`, and replays what a reconnecting client missed.
 
+pub mod access;
 pub mod bench;
 pub mod client;
 pub mod cluster;

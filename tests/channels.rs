@@ -18,7 +18,13 @@ async fn publish_batch(server: &TestServer, names: impl Iterator<Item = String>)
 async fn a_flood_of_invented_channels_reclaims_idle_ones_and_never_locks_the_hub() {
     let server = TestServer::with(|c| {
         c.max_channels = 200;
-        c.channels = vec![herald::config::ChannelConfig { pattern: "declared".into(), history_size: None, history_ttl: None, cors: None }];
+        c.channels = vec![herald::config::ChannelConfig {
+            pattern: "declared".into(),
+            history_size: None,
+            history_ttl: None,
+            cors: None,
+            access: None,
+        }];
     })
     .await;
     let kept = server.publish_data("watched", "before the flood").await;
@@ -65,12 +71,13 @@ async fn channels_made_on_first_use_age_out_by_default_and_declared_ones_do_not(
     let server = TestServer::with(|c| {
         c.history.undeclared_ttl = Duration::from_millis(300);
         c.channels = vec![
-            herald::config::ChannelConfig { pattern: "keep".into(), history_size: None, history_ttl: None, cors: None },
+            herald::config::ChannelConfig { pattern: "keep".into(), history_size: None, history_ttl: None, cors: None, access: None },
             herald::config::ChannelConfig {
                 pattern: "forever/*".into(),
                 history_size: None,
                 history_ttl: Some(Duration::ZERO),
                 cors: None,
+                access: None,
             },
         ];
     })

@@ -113,8 +113,8 @@ async fn undefined_channels_are_404_when_not_allowed() {
     let server = TestServer::with(|c| {
         c.allow_undefined_channels = false;
         c.channels = vec![
-            ChannelConfig { pattern: "news".into(), history_size: None, history_ttl: None, cors: None },
-            ChannelConfig { pattern: "orders/*".into(), history_size: Some(2), history_ttl: None, cors: None },
+            ChannelConfig { pattern: "news".into(), history_size: None, history_ttl: None, cors: None, access: None },
+            ChannelConfig { pattern: "orders/*".into(), history_size: Some(2), history_ttl: None, cors: None, access: None },
         ];
     })
     .await;
@@ -224,8 +224,13 @@ async fn cors_refuses_unlisted_methods_and_headers() {
 async fn cors_per_channel() {
     let server = TestServer::with(|c| {
         c.cors = cors(&["https://a.example"], false);
-        c.channels =
-            vec![ChannelConfig { pattern: "public/**".into(), history_size: None, history_ttl: None, cors: Some(cors(&["*"], false)) }];
+        c.channels = vec![ChannelConfig {
+            pattern: "public/**".into(),
+            history_size: None,
+            history_ttl: None,
+            cors: Some(cors(&["*"], false)),
+            access: None,
+        }];
     })
     .await;
     let resp = preflight(&server, "/sse/public/feed", "https://b.example", "GET", None).await;

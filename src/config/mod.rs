@@ -4,11 +4,13 @@
 //! command-line flags (see [`load`]). Unknown keys and invalid values stop start-up with an error
 //! that names the key.
 
+pub mod access;
 mod bytesize;
 mod load;
 pub mod pattern;
 mod redact;
 
+pub use access::{AccessConfig, ChannelAccessConfig};
 pub use bytesize::ByteSize;
 pub use load::{ConfigError, Overrides, load};
 pub use redact::redacted_toml;
@@ -55,6 +57,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub cluster: ClusterConfig,
     pub cors: CorsConfig,
+    pub access: AccessConfig,
     /// Declared channels and patterns, first match wins.
     pub channels: Vec<ChannelConfig>,
 }
@@ -209,6 +212,8 @@ pub struct ChannelConfig {
     pub history_ttl: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<ChannelAccessConfig>,
 }
 
 impl Default for Config {
@@ -231,6 +236,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             cluster: ClusterConfig::default(),
             cors: CorsConfig::default(),
+            access: AccessConfig::default(),
             channels: Vec::new(),
         }
     }
@@ -348,6 +354,7 @@ impl Config {
             return bad("keepalive_interval", "must be 0s (off) or at least 10ms".into());
         }
         self.cors.validate("cors")?;
+        self.access.validate()?;
         let declared = self.channels.iter().filter(|c| !pattern::is_pattern(&c.pattern)).count();
         if declared > self.max_channels {
             return bad("channels", format!("declares {declared} channels but max_channels is {}", self.max_channels));
@@ -362,6 +369,9 @@ impl Config {
             if let Some(cors) = &ch.cors {
                 cors.validate(&format!("{key}.cors"))?;
             }
+            if let Some(access) = &ch.access {
+                access.validate(&format!("{key}.access"))?;
+            }
         }
         Ok(())
     }
@@ -370,7 +380,7 @@ impl Config {
 impl CorsConfig {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         for origin in &self.allowed_origins {
-            let ok = origin == "*" || ((origin.starts_with("http://") || origin.starts_with("https://")) && !origin.ends_with('/'));
+            let ok = origin == "*" || is_origin(origin);
             if !ok {
                 return Err(ConfigError::Invalid {
                     key: format!("{key}.allowed_origins"),
@@ -393,4 +403,10 @@ impl CorsConfig {
         }
         Ok(())
     }
+}
+
+/// `https://host[:port]`: a scheme and a host, no path.
+fn is_origin(s: &str) -> bool {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains('/'))
 }

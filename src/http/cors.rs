@@ -7,12 +7,25 @@ use super::AppState;
 use super::error::ApiError;
 use crate::config::CorsConfig;
 use crate::config::pattern;
+use crate::hub::rules::RuleTable;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use std::sync::Arc;
+
+/// Each channel's policy: that of its first matching `[[channels]]` entry, or the global one
+/// (also used where a request names no channel).
+pub fn rules(config: &crate::config::Config) -> RuleTable<Arc<CorsPolicy>> {
+    let global = Arc::new(CorsPolicy::new(&config.cors));
+    let rules = config
+        .channels
+        .iter()
+        .map(|c| (c.pattern.clone(), c.cors.as_ref().map_or_else(|| global.clone(), |cors| Arc::new(CorsPolicy::new(cors)))))
+        .collect();
+    RuleTable::new(rules, global)
+}
 
 #[derive(Debug)]
 pub struct CorsPolicy {
@@ -58,7 +71,6 @@ impl CorsPolicy {
 
 /// The policies that apply to a request: one per channel it names, or the global one.
 fn policies(state: &AppState, req: &Request) -> Vec<Arc<CorsPolicy>> {
-    let settings = state.hub.settings();
     let path = req.uri().path();
     let names: Vec<String> = if let Some(name) = path.strip_prefix("/sse/") {
         vec![percent_decode(name)]
@@ -70,13 +82,10 @@ fn policies(state: &AppState, req: &Request) -> Vec<Arc<CorsPolicy>> {
     } else {
         Vec::new()
     };
-    let mut out: Vec<Arc<CorsPolicy>> = names
-        .iter()
-        .filter(|n| pattern::validate_channel(n, usize::MAX).is_ok())
-        .map(|n| settings.resolve(n).map_or_else(|| settings.global_cors().clone(), |s| s.cors.clone()))
-        .collect();
+    let mut out: Vec<Arc<CorsPolicy>> =
+        names.iter().filter(|n| pattern::validate_channel(n, usize::MAX).is_ok()).map(|n| state.cors.resolve(n).clone()).collect();
     if out.is_empty() {
-        out.push(settings.global_cors().clone());
+        out.push(state.cors.default().clone());
     }
     out
 }

@@ -8,11 +8,13 @@ use http::StatusCode;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Answered with `WWW-Authenticate: Bearer`.
+    pub bearer: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), bearer: false }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -36,7 +38,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.json_body();
-        (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut resp = (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        if self.bearer {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<crate::access::Denied> for ApiError {
+    fn from(d: crate::access::Denied) -> Self {
+        ApiError { status: d.status, message: d.message, bearer: d.bearer }
     }
 }
 

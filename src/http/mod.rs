@@ -4,6 +4,7 @@ mod conn;
 pub mod cors;
 mod error;
 mod event_stream;
+mod gate;
 mod publish;
 mod rewind;
 pub mod server;
@@ -12,7 +13,10 @@ mod subscribe;
 
 pub use error::ApiError;
 
+use crate::access::{Checkpoint, Gate};
+use crate::config::ConfigError;
 use crate::hub::Hub;
+use crate::hub::rules::RuleTable;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::Arc;
@@ -20,22 +24,31 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
+    pub cors: Arc<RuleTable<Arc<cors::CorsPolicy>>>,
+    pub gate: Arc<Gate>,
 }
 
-/// All routes. Subscribing and publishing share `/sse/{channel}`, as in ssehub.
-pub fn router(hub: Arc<Hub>) -> Router {
-    let state = AppState { hub };
-    Router::new()
+/// All routes. Subscribing and publishing share `/sse/{channel}`, as in ssehub. Every request
+/// but a CORS preflight passes the access gate (see `gate::layer`). Fails when an access policy
+/// cannot be compiled (a `secret` rule's environment variable is missing, say).
+pub fn router(hub: Arc<Hub>) -> Result<Router, ConfigError> {
+    let cors = Arc::new(cors::rules(hub.config()));
+    let gate = Arc::new(Gate::new(hub.config())?);
+    let state = AppState { hub, cors, gate };
+    let router = Router::new()
         .route("/sse", get(subscribe::by_query))
         .route("/sse/{*channel}", get(subscribe::by_path).post(publish::to_path))
         .route("/publish", post(publish::to_body))
         .route("/stats", get(stats::stats))
         .route("/healthz", get(stats::healthz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(gate::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors::layer))
-        .with_state(state)
+        .with_state(state);
+    Ok(router)
 }
 
-async fn not_found(uri: http::Uri) -> ApiError {
+async fn not_found(axum::Extension(checkpoint): axum::Extension<Checkpoint>, uri: http::Uri) -> ApiError {
+    checkpoint.public();
     ApiError::new(http::StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
 }

@@ -7,6 +7,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::gate::Asker;
 use crate::event::Draft;
 use crate::hub::{Hub, Publication};
 use axum::Json;
@@ -126,23 +127,25 @@ pub async fn to_path(
     State(state): State<AppState>,
     Path(channel): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    asker: Asker,
     body: Body,
 ) -> Result<Json<Published>, ApiError> {
-    handle(&state.hub, Target::Path(channel), raw.as_deref(), &headers, body).await
+    handle(&state, Target::Path(channel), raw.as_deref(), &asker, body).await
 }
 
 /// `POST /publish`.
 pub async fn to_body(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    asker: Asker,
     body: Body,
 ) -> Result<Json<Published>, ApiError> {
-    handle(&state.hub, Target::Body, raw.as_deref(), &headers, body).await
+    handle(&state, Target::Body, raw.as_deref(), &asker, body).await
 }
 
-async fn handle(hub: &Hub, target: Target, raw: Option<&str>, headers: &HeaderMap, body: Body) -> Result<Json<Published>, ApiError> {
+async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Asker, body: Body) -> Result<Json<Published>, ApiError> {
+    let hub = &*state.hub;
+    let headers = &asker.headers;
     let format = format_of(headers)?;
     let bytes = read_body(hub, headers, body).await?;
     let drafts = match format {
@@ -156,6 +159,12 @@ async fn handle(hub: &Hub, target: Target, raw: Option<&str>, headers: &HeaderMa
             vec![(target.text_channels(channels)?, draft)]
         }
     };
+    // Once the channels are known (a `/publish` body names them) and before anything is made
+    // or published; with the body, which a signature rule covers.
+    let mut named: Vec<&str> = drafts.iter().flat_map(|(names, _)| names.iter().map(String::as_str)).collect();
+    named.sort_unstable();
+    named.dedup();
+    state.gate.publish(&asker.checkpoint, &named, &asker.facts(&bytes))?;
     publish(hub, drafts).await
 }
 

@@ -30,7 +30,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let shared = Arc::new(Shared {
-        app: router(hub.clone()),
+        app: router(hub.clone()).map_err(std::io::Error::other)?,
         hyper,
         shutdown: CancellationToken::new(),
         body_read_timeout: hub.config().limits.body_read_timeout,

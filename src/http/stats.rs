@@ -2,6 +2,8 @@
 
 use super::ApiError;
 use super::AppState;
+use super::gate::Asker;
+use crate::access::Checkpoint;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +14,8 @@ const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
 /// `GET /stats?limit=&after=`: totals, and one page of channels in name order.
-pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<crate::hub::Stats>, ApiError> {
+pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Json<crate::hub::Stats>, ApiError> {
+    state.gate.stats(&asker.checkpoint, &asker.facts(b""))?;
     let mut limit = DEFAULT_PAGE;
     let mut after = None;
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
@@ -34,7 +37,9 @@ pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Re
 /// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down, while the
 /// history store cannot be written (a full disk), or, in a cluster, while the bus is unreachable
 /// (the body says which, and why).
-pub async fn healthz(State(state): State<AppState>) -> Response {
+pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint): axum::Extension<Checkpoint>) -> Response {
+    // A liveness probe tells nothing about channels or events.
+    checkpoint.public();
     if state.hub.is_closing() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "shutting down" }))).into_response();
     }

@@ -3,10 +3,11 @@
 use super::AppState;
 use super::error::ApiError;
 use super::event_stream::Handoff;
+use super::gate::Asker;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 
 /// Longest `Last-Event-ID` accepted.
 const MAX_LAST_EVENT_ID: usize = 1024;
@@ -44,22 +45,22 @@ pub async fn by_path(
     State(state): State<AppState>,
     Path(channel): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    asker: Asker,
 ) -> Result<Response, ApiError> {
     let mut q = parse_query(raw.as_deref())?;
     q.channels = vec![channel];
-    open(&state, q, &headers).await
+    open(&state, q, &asker).await
 }
 
-pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Response, ApiError> {
     let q = parse_query(raw.as_deref())?;
     if q.channels.is_empty() {
         return Err(ApiError::bad_request("name at least one channel: /sse/{channel} or /sse?channel=a&channel=b"));
     }
-    open(&state, q, &headers).await
+    open(&state, q, &asker).await
 }
 
-async fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Response, ApiError> {
     let limit = state.hub.config().max_channels_per_connection;
     if q.channels.len() > limit {
         return Err(ApiError::bad_request(format!(
@@ -67,6 +68,9 @@ async fn open(state: &AppState, q: SubscribeQuery, headers: &HeaderMap) -> Resul
             q.channels.len()
         )));
     }
+    // Before anything is looked up, replayed or streamed.
+    state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b""))?;
+    let headers = &asker.headers;
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {
         // Browsers send an id back as the UTF-8 bytes they received (`café` included), which

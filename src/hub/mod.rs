@@ -7,6 +7,8 @@
 
 mod channel;
 mod floors;
+pub mod replication;
+pub mod rules;
 mod settings;
 mod subscription;
 mod visibility;
@@ -15,7 +17,6 @@ pub use channel::Channel;
 pub use settings::{ChannelSettings, SettingsResolver};
 pub use subscription::{Subscription, SubscriptionOptions};
 
-use crate::cluster::{Bus, BusError, Incoming, Outgoing};
 use crate::config::{Config, StoreKind, pattern};
 use crate::event::{Event, now_wall_us, published_instant};
 use crate::history::disk::{self, DiskStore, Recovered};
@@ -24,6 +25,7 @@ use crate::sse::FrameBuilder;
 use floors::Floors;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
+use replication::{Bus, BusError, Incoming, Outgoing};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

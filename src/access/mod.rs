@@ -1,0 +1,197 @@
+//! Access control: one gate that every request passes, on every connection path (the HTTP/1
+//! socket path and hyper, HTTP/1 or HTTP/2), before anything is streamed or published.
+//!
+//! Policies come from `[access]` and from `[[channels]]` entries (see `config::access`): for
+//! each channel a request names, the policy of its first matching entry, or the global one.
+//! A request needs every policy of every channel it names to pass. Publishing is also held to
+//! the publish origins and, where no publish rule applies, to loopback peers by default.
+//!
+//! The gate cannot be skipped by accident: each request carries a [`Checkpoint`] that a
+//! decision marks, and the HTTP layer refuses to send the answer of a request whose handler
+//! neither asked the gate nor declared its route public.
+
+mod headers;
+
+use crate::config::access::{AnonymousPublish, PolicyConfig};
+use crate::config::{Config, ConfigError};
+use crate::hub::rules::RuleTable;
+use headers::HeaderCheck;
+use http::{HeaderMap, StatusCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the gate looks at.
+pub struct Facts<'a> {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    pub headers: &'a HeaderMap,
+    /// The request body (empty for a subscription): what a `signature` rule signs.
+    pub body: &'a [u8],
+}
+
+/// A refusal: 401 when a credential is missing, 403 when one is present but not accepted.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub status: StatusCode,
+    pub message: String,
+    /// Answer `WWW-Authenticate: Bearer` (the missing credential was an `Authorization` header).
+    pub bearer: bool,
+}
+
+impl Denied {
+    fn missing(message: String, bearer: bool) -> Self {
+        Denied { status: StatusCode::UNAUTHORIZED, message, bearer }
+    }
+
+    fn forbidden(message: String) -> Self {
+        Denied { status: StatusCode::FORBIDDEN, message, bearer: false }
+    }
+}
+
+/// One request's record that access was decided. Created by the HTTP layer for each request;
+/// marked by every decision of the [`Gate`] and by [`Checkpoint::public`].
+#[derive(Clone, Default)]
+pub struct Checkpoint(Arc<AtomicBool>);
+
+impl Checkpoint {
+    /// Declares the route open to anyone (health checks, "no such route").
+    pub fn public(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether access was decided for this request.
+    pub fn decided(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A compiled policy: all of its checks must pass.
+struct Policy {
+    checks: Vec<HeaderCheck>,
+}
+
+impl Policy {
+    fn compile(config: &PolicyConfig, key: &str) -> Result<Arc<Self>, ConfigError> {
+        let checks = config
+            .headers
+            .iter()
+            .map(|(name, rule)| {
+                HeaderCheck::compile(name, rule)
+                    .map_err(|e| ConfigError::Invalid { key: format!("{key}.headers.{name}"), message: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Arc::new(Policy { checks }))
+    }
+
+    /// A policy without rules lets anyone in (for publishing, within `anonymous_publish`).
+    fn is_open(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    fn check(&self, facts: &Facts<'_>) -> Result<(), Denied> {
+        // A missing credential is reported before a wrong one: the client has to send it first.
+        let mut first_wrong = None;
+        for check in &self.checks {
+            match check.check(facts) {
+                Ok(()) => {}
+                Err(d) if d.status == StatusCode::UNAUTHORIZED => return Err(d),
+                Err(d) => {
+                    first_wrong.get_or_insert(d);
+                }
+            }
+        }
+        first_wrong.map_or(Ok(()), Err)
+    }
+}
+
+pub struct Gate {
+    subscribe: RuleTable<Arc<Policy>>,
+    publish: RuleTable<Arc<Policy>>,
+    stats: Arc<Policy>,
+    publish_origins: Vec<String>,
+    anonymous_publish: AnonymousPublish,
+}
+
+impl Gate {
+    /// Compiles every policy; a `secret` rule whose environment variable is missing, or any
+    /// other rule that cannot be used, stops start-up naming its key.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
+        let global_sub = Policy::compile(&config.access.subscribe, "access.subscribe")?;
+        let global_pub = Policy::compile(&config.access.publish, "access.publish")?;
+        let mut subscribe = Vec::new();
+        let mut publish = Vec::new();
+        for (i, c) in config.channels.iter().enumerate() {
+            let own = c.access.as_ref();
+            let sub = match own.and_then(|a| a.subscribe.as_ref()) {
+                Some(p) => Policy::compile(p, &format!("channels[{i}].access.subscribe"))?,
+                None => global_sub.clone(),
+            };
+            let publ = match own.and_then(|a| a.publish.as_ref()) {
+                Some(p) => Policy::compile(p, &format!("channels[{i}].access.publish"))?,
+                None => global_pub.clone(),
+            };
+            subscribe.push((c.pattern.clone(), sub));
+            publish.push((c.pattern.clone(), publ));
+        }
+        if config.access.anonymous_publish == AnonymousPublish::Anyone {
+            tracing::warn!("access.anonymous_publish = \"anyone\": any address can publish to channels without publish rules");
+        }
+        Ok(Gate {
+            subscribe: RuleTable::new(subscribe, global_sub),
+            publish: RuleTable::new(publish, global_pub),
+            stats: Policy::compile(&config.access.stats, "access.stats")?,
+            publish_origins: config.access.publish_origins.clone(),
+            anonymous_publish: config.access.anonymous_publish,
+        })
+    }
+
+    /// May this request subscribe to all of `channels`?
+    pub fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+        checkpoint.0.store(true, Ordering::Release);
+        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts))
+    }
+
+    /// May this request read the hub's statistics?
+    pub fn stats(&self, checkpoint: &Checkpoint, facts: &Facts<'_>) -> Result<(), Denied> {
+        checkpoint.0.store(true, Ordering::Release);
+        self.stats.check(facts)
+    }
+
+    /// May this request publish to all of `channels`?
+    pub fn publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+        checkpoint.0.store(true, Ordering::Release);
+        if let Some(origin) = facts.headers.get(http::header::ORIGIN) {
+            let listed = origin.to_str().is_ok_and(|o| self.publish_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            if !listed {
+                return Err(Denied::forbidden("publishing from a web page of this origin is not allowed (access.publish_origins)".into()));
+            }
+        }
+        for_each_policy(&self.publish, channels, |policy| {
+            if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !facts.peer.is_loopback() {
+                return Err(Denied::forbidden(
+                    "publishing is open to this machine only: configure publish rules (access.publish), or set access.anonymous_publish = \"anyone\"".into(),
+                ));
+            }
+            policy.check(facts)
+        })
+    }
+}
+
+/// Runs `check` once for each distinct policy of `channels`.
+fn for_each_policy<S: AsRef<str>>(
+    table: &RuleTable<Arc<Policy>>,
+    channels: &[S],
+    mut check: impl FnMut(&Policy) -> Result<(), Denied>,
+) -> Result<(), Denied> {
+    let mut seen: Vec<&Arc<Policy>> = Vec::new();
+    for name in channels {
+        let policy = table.resolve(name.as_ref());
+        if seen.iter().any(|p| Arc::ptr_eq(p, policy)) {
+            continue;
+        }
+        check(policy)?;
+        seen.push(policy);
+    }
+    Ok(())
+}
