@@ -202,6 +202,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: herald::config::Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    // Access policies that cannot be used (a `secret` rule's variable is unset) stop start-up
+    // before anything is opened; the server compiles its own copy.
+    herald::access::Gate::new(&config)?;
     // The store first: a data directory that cannot be used stops start-up before it listens.
     let hub = herald::hub::Hub::new(config)?;
     let listener = herald::http::server::bind(listen).await.with_context(|| format!("listen on {listen}"))?;

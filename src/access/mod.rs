@@ -134,9 +134,6 @@ impl Gate {
             subscribe.push((c.pattern.clone(), sub));
             publish.push((c.pattern.clone(), publ));
         }
-        if config.access.anonymous_publish == AnonymousPublish::Anyone {
-            tracing::warn!("access.anonymous_publish = \"anyone\": any address can publish to channels without publish rules");
-        }
         Ok(Gate {
             subscribe: RuleTable::new(subscribe, global_sub),
             publish: RuleTable::new(publish, global_pub),
@@ -168,7 +165,7 @@ impl Gate {
             }
         }
         for_each_policy(&self.publish, channels, |policy| {
-            if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !facts.peer.is_loopback() {
+            if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !facts.peer.to_canonical().is_loopback() {
                 return Err(Denied::forbidden(
                     "publishing is open to this machine only: configure publish rules (access.publish), or set access.anonymous_publish = \"anyone\"".into(),
                 ));
@@ -194,4 +191,55 @@ fn for_each_policy<S: AsRef<str>>(
         seen.push(policy);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::access::HeaderRule;
+
+    fn facts(peer: &str, headers: &HeaderMap) -> Facts<'static> {
+        // Leaked: the few bytes of a test's header map.
+        let headers: &'static HeaderMap = Box::leak(Box::new(headers.clone()));
+        Facts { peer: peer.parse().unwrap(), headers, body: b"" }
+    }
+
+    #[test]
+    fn anonymous_publishing_is_for_loopback_unless_opened() {
+        let none = HeaderMap::new();
+        let gate = Gate::new(&Config::default()).unwrap();
+        let cp = Checkpoint::default();
+        for peer in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(gate.publish(&cp, &["a"], &facts(peer, &none)).is_ok(), "{peer}");
+        }
+        for peer in ["192.0.2.7", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.7"] {
+            let denied = gate.publish(&cp, &["a"], &facts(peer, &none)).unwrap_err();
+            assert_eq!(denied.status, StatusCode::FORBIDDEN, "{peer}");
+            assert!(denied.message.contains("anonymous_publish"), "{}", denied.message);
+        }
+        assert!(cp.decided());
+        // Subscribing is open to every address by default.
+        assert!(gate.subscribe(&cp, &["a"], &facts("192.0.2.7", &none)).is_ok());
+
+        let mut open = Config::default();
+        open.access.anonymous_publish = AnonymousPublish::Anyone;
+        assert!(Gate::new(&open).unwrap().publish(&cp, &["a"], &facts("192.0.2.7", &none)).is_ok());
+
+        // With a publish rule, the network may publish: with the credential.
+        let mut keyed = Config::default();
+        keyed.access.publish.headers.insert("x-key".into(), HeaderRule::Equals { value: "k".into(), case_sensitive: true });
+        let gate = Gate::new(&keyed).unwrap();
+        let mut with_key = HeaderMap::new();
+        with_key.insert("x-key", "k".parse().unwrap());
+        assert!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &with_key)).is_ok());
+        assert_eq!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &none)).unwrap_err().status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn a_checkpoint_is_unmarked_until_a_decision() {
+        let cp = Checkpoint::default();
+        assert!(!cp.decided());
+        cp.public();
+        assert!(cp.decided());
+    }
 }

@@ -200,7 +200,7 @@ pub struct CorsConfig {
     pub max_age: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// A channel name (declared: it exists from start-up) or a pattern with `*` (one segment) or

@@ -22,9 +22,11 @@ fn redact(value: &mut toml::Value, secret: bool) {
             }
         }
         toml::Value::Table(t) => {
+            // An `equals` header rule's value is the credential itself.
+            let equals_rule = t.get("type").and_then(toml::Value::as_str) == Some("equals");
             for (k, v) in t.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                redact(v, secret || SECRET_KEYS.iter().any(|s| k.contains(s)));
+                redact(v, secret || SECRET_KEYS.iter().any(|s| k.contains(s)) || (equals_rule && k == "value"));
             }
         }
         toml::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, secret)),
@@ -65,5 +67,18 @@ mod tests {
         redact(&mut v, false);
         let s = v.to_string();
         assert!(!s.contains("s3") && !s.contains("pw"), "{s}");
+    }
+
+    #[test]
+    fn header_rule_credentials_are_not_printed() {
+        let mut config = Config::default();
+        let rules: super::super::access::PolicyConfig = toml::from_str(
+            "[headers]\n\"Authorization\" = { type = \"equals\", value = \"Bearer s3cr3t\" }\n\"X-Sig\" = { type = \"signature\", token = \"t0k3n\" }\n\"X-Env\" = { type = \"secret\", value = \"MY_VAR\" }\n",
+        )
+        .unwrap();
+        config.access.subscribe = rules;
+        let printed = redacted_toml(&config);
+        assert!(!printed.contains("s3cr3t") && !printed.contains("t0k3n"), "{printed}");
+        assert!(printed.contains("MY_VAR"), "an environment variable's name is not a secret: {printed}");
     }
 }

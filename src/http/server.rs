@@ -35,6 +35,9 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         shutdown: CancellationToken::new(),
         body_read_timeout: hub.config().limits.body_read_timeout,
     });
+    if hub.config().access.anonymous_publish == crate::config::access::AnonymousPublish::Anyone {
+        tracing::warn!("access.anonymous_publish = \"anyone\": any address can publish to channels without publish rules");
+    }
     let connections = TaskTracker::new();
     let sweeper = tokio::spawn({
         let hub = hub.clone();

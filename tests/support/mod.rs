@@ -84,7 +84,16 @@ impl TestServer {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        http().get(self.url("/stats")).send().await.unwrap().json().await.unwrap()
+        self.stats_with(&[]).await
+    }
+
+    /// `/stats` with the headers its access rules ask for.
+    pub async fn stats_with(&self, headers: &[(&str, &str)]) -> serde_json::Value {
+        let mut req = http().get(self.url("/stats"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.unwrap().json().await.unwrap()
     }
 }
 

@@ -1,0 +1,278 @@
+//! The access gate: every kind of request on each connection path (the HTTP/1 socket path,
+//! hyper's HTTP/1 and HTTP/2) is refused without its credential (401), refused with a wrong one
+//! (403), and served with the right one; header rules of every kind; per-channel policies; the
+//! publish origins.
+
+mod support;
+
+use futures_util::StreamExt;
+use herald::config::access::{HeaderRule, PolicyConfig, SignatureEncoding, SignatureOn, TokenEncoding};
+use herald::config::{ChannelAccessConfig, ChannelConfig, Config};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use support::TestServer;
+
+fn policy(rules: &[(&str, HeaderRule)]) -> PolicyConfig {
+    PolicyConfig { headers: rules.iter().map(|(name, rule)| (name.to_string(), rule.clone())).collect() }
+}
+
+fn equals(value: &str) -> HeaderRule {
+    HeaderRule::Equals { value: value.into(), case_sensitive: true }
+}
+
+/// How a request reaches the server.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// HTTP/1.1 that the socket path serves: a GET under /sse, a POST with a small length.
+    Socket,
+    /// HTTP/1.1 that goes to hyper: a GET with `Expect`, a POST with a chunked body.
+    Hyper,
+    Http2,
+}
+
+struct Asked {
+    status: u16,
+    www_authenticate: Option<String>,
+}
+
+async fn ask(server: &TestServer, path: Path, method: &str, target: &str, headers: &[(&str, &str)], body: &'static str) -> Asked {
+    let client = match path {
+        Path::Http2 => reqwest::Client::builder().http2_prior_knowledge().build().unwrap(),
+        _ => reqwest::Client::builder().http1_only().build().unwrap(),
+    };
+    let mut req = client.request(method.parse().unwrap(), server.url(target));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if method == "POST" {
+        req = req.header("content-type", "application/json");
+        req = match path {
+            Path::Hyper => req.body(reqwest::Body::wrap_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(body)]))),
+            _ => req.body(body),
+        };
+    } else if matches!(path, Path::Hyper) {
+        req = req.header("expect", "100-continue");
+    }
+    let resp = tokio::time::timeout(support::WAIT, req.send()).await.expect("an answer in time").expect("the request is answered");
+    if matches!(path, Path::Http2) {
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    }
+    let www_authenticate = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    let status = resp.status().as_u16();
+    if status == 200 && method == "GET" && target.starts_with("/sse") {
+        assert_eq!(resp.headers()["content-type"], "text/event-stream; charset=utf-8");
+        // The preamble arrives: the stream really opened.
+        let first = resp.bytes_stream().next().await.expect("a first chunk").unwrap();
+        assert!(first.starts_with(b": connected"), "{first:?}");
+    }
+    Asked { status, www_authenticate }
+}
+
+#[tokio::test]
+async fn every_request_on_every_path_passes_the_gate() {
+    let server = TestServer::with(|c| {
+        c.access.subscribe = policy(&[("x-key", equals("sub-secret"))]);
+        c.access.publish = policy(&[("authorization", equals("Bearer pub-secret"))]);
+        c.access.stats = policy(&[("x-key", equals("stats-secret"))]);
+    })
+    .await;
+    let requests: [(&str, &str, &'static str, &str, &str); 5] = [
+        ("GET", "/sse/a", "", "x-key", "sub-secret"),
+        ("GET", "/sse?channel=a&channel=b", "", "x-key", "sub-secret"),
+        ("POST", "/sse/a", r#"{"data":"x"}"#, "authorization", "Bearer pub-secret"),
+        ("POST", "/publish", r#"{"channel":"a","data":"x"}"#, "authorization", "Bearer pub-secret"),
+        ("GET", "/stats", "", "x-key", "stats-secret"),
+    ];
+    for path in [Path::Socket, Path::Hyper, Path::Http2] {
+        for (method, target, body, header, secret) in requests {
+            let what = format!("{method} {target} over {path:?}");
+            let none = ask(&server, path, method, target, &[], body).await;
+            assert_eq!(none.status, 401, "{what} without a credential");
+            let bearer = header == "authorization";
+            assert_eq!(none.www_authenticate.as_deref(), bearer.then_some("Bearer"), "{what}: WWW-Authenticate");
+            let wrong_value = if bearer { "Bearer nope" } else { "nope" };
+            assert_eq!(ask(&server, path, method, target, &[(header, wrong_value)], body).await.status, 403, "{what} with a wrong one");
+            assert_eq!(ask(&server, path, method, target, &[(header, secret)], body).await.status, 200, "{what} with the right one");
+        }
+        // Open to anyone: the liveness probe; and an unknown route is a 404, not a 500.
+        assert_eq!(ask(&server, path, "GET", "/healthz", &[], "").await.status, 200, "/healthz over {path:?}");
+        assert_eq!(ask(&server, path, "GET", "/nowhere", &[], "").await.status, 404, "/nowhere over {path:?}");
+    }
+    // Nothing refused was published: three accepted publishes per path, each to `a`.
+    let stats = server.stats_with(&[("x-key", "stats-secret")]).await;
+    assert_eq!(stats["channels"]["a"]["published"], 6, "{stats}");
+}
+
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn publish_status(server: &TestServer, headers: &[(&str, &str)], body: &'static str) -> u16 {
+    ask(server, Path::Socket, "POST", "/sse/hooks", headers, body).await.status
+}
+
+#[tokio::test]
+async fn header_rules_of_every_kind() {
+    // SAFETY: set before the server starts, by this test only (no other test reads this name).
+    unsafe { std::env::set_var("HERALD_TEST_ACCESS_SECRET", "from-the-environment") };
+    let server = TestServer::with(|c| {
+        c.access.subscribe = policy(&[
+            ("x-exists", HeaderRule::Exists),
+            ("x-case", HeaderRule::Equals { value: "Token-ABC".into(), case_sensitive: false }),
+            ("x-client", HeaderRule::Matches { pattern: "^client-[0-9]+$".into() }),
+            ("x-secret", HeaderRule::Secret { value: "HERALD_TEST_ACCESS_SECRET".into() }),
+        ]);
+    })
+    .await;
+    let good = [("x-exists", "1"), ("x-case", "token-abc"), ("x-client", "client-42"), ("x-secret", "from-the-environment")];
+    let with = |replace: (&'static str, &'static str)| -> Vec<(&'static str, &'static str)> {
+        good.iter().map(|&(n, v)| if n == replace.0 { replace } else { (n, v) }).collect()
+    };
+    let get = async |headers: &[(&str, &str)]| ask(&server, Path::Socket, "GET", "/sse/c", headers, "").await.status;
+    assert_eq!(get(&good).await, 200);
+    assert_eq!(get(&good[1..]).await, 401, "exists: missing");
+    assert_eq!(get(&with(("x-exists", ""))).await, 401, "exists: empty counts as missing");
+    assert_eq!(get(&with(("x-case", "TOKEN-ABC"))).await, 200, "equals, case ignored");
+    assert_eq!(get(&with(("x-case", "token-abd"))).await, 403, "equals: wrong");
+    assert_eq!(get(&with(("x-client", "client-4x"))).await, 403, "matches: wrong");
+    assert_eq!(get(&with(("x-client", "my-client-42"))).await, 403, "matches: anchored by the pattern");
+    assert_eq!(get(&with(("x-secret", "from-the-environmen"))).await, 403, "secret: a prefix is wrong");
+    assert_eq!(get(&with(("x-secret", "from-the-environment!"))).await, 403, "secret: longer is wrong");
+    // A missing credential is told before a wrong one.
+    let mut missing_and_wrong = with(("x-case", "wrong"));
+    missing_and_wrong.retain(|(n, _)| *n != "x-secret");
+    assert_eq!(get(&missing_and_wrong).await, 401);
+}
+
+#[tokio::test]
+async fn signature_rules_cover_the_publish_body() {
+    let server = TestServer::with(|c| {
+        c.channels = vec![
+            ChannelConfig {
+                pattern: "hooks".into(),
+                access: Some(ChannelAccessConfig {
+                    publish: Some(policy(&[(
+                        "x-hub-signature-256",
+                        HeaderRule::Signature {
+                            token: "webhook-secret".into(),
+                            token_encoding: TokenEncoding::None,
+                            signature_prefix: "sha256=".into(),
+                            signature_on: SignatureOn::Body,
+                            signature_encoding: SignatureEncoding::Hex,
+                        },
+                    )])),
+                    subscribe: None,
+                }),
+                ..ChannelConfig::default()
+            },
+            ChannelConfig {
+                pattern: "signed/*".into(),
+                access: Some(ChannelAccessConfig {
+                    publish: Some(policy(&[(
+                        "x-signature",
+                        HeaderRule::Signature {
+                            token: hex::encode(b"binary\x00key"),
+                            token_encoding: TokenEncoding::Hex,
+                            signature_prefix: String::new(),
+                            signature_on: SignatureOn::HeadersThenBody { separator: "\n".into(), headers: vec!["x-timestamp".into()] },
+                            signature_encoding: SignatureEncoding::Hex,
+                        },
+                    )])),
+                    subscribe: None,
+                }),
+                ..ChannelConfig::default()
+            },
+        ];
+    })
+    .await;
+    let body = r#"{"data":"deployed"}"#;
+    let good = format!("sha256={}", hmac_hex(b"webhook-secret", &[body.as_bytes()]));
+    assert_eq!(publish_status(&server, &[("x-hub-signature-256", &good)], body).await, 200);
+    assert_eq!(publish_status(&server, &[], body).await, 401, "unsigned");
+    let of_other_body = format!("sha256={}", hmac_hex(b"webhook-secret", &[b"{\"data\":\"other\"}"]));
+    assert_eq!(publish_status(&server, &[("x-hub-signature-256", &of_other_body)], body).await, 403, "signature of another body");
+    let wrong_key = format!("sha256={}", hmac_hex(b"guess", &[body.as_bytes()]));
+    assert_eq!(publish_status(&server, &[("x-hub-signature-256", &wrong_key)], body).await, 403, "another key");
+    let no_prefix = hmac_hex(b"webhook-secret", &[body.as_bytes()]);
+    assert_eq!(publish_status(&server, &[("x-hub-signature-256", &no_prefix)], body).await, 403, "prefix missing");
+    assert_eq!(publish_status(&server, &[("x-hub-signature-256", "sha256=zz")], body).await, 403, "not hex");
+    // Subscribing to the channel is open: its entry has a publish policy only.
+    assert_eq!(ask(&server, Path::Socket, "GET", "/sse/hooks", &[], "").await.status, 200);
+
+    // Headers, then the body: the timestamp is signed too.
+    let key = b"binary\x00key";
+    let signed = hmac_hex(key, &[b"1700000000", b"\n", body.as_bytes()]);
+    let post = async |headers: &[(&str, &str)]| ask(&server, Path::Hyper, "POST", "/sse/signed/x", headers, body).await.status;
+    assert_eq!(post(&[("x-timestamp", "1700000000"), ("x-signature", &signed)]).await, 200);
+    assert_eq!(post(&[("x-timestamp", "1700000001"), ("x-signature", &signed)]).await, 403, "timestamp changed");
+}
+
+#[tokio::test]
+async fn a_request_needs_the_policy_of_every_channel_it_names() {
+    let server = TestServer::with(|c| {
+        c.channels = vec![ChannelConfig {
+            pattern: "private/*".into(),
+            access: Some(ChannelAccessConfig { subscribe: Some(policy(&[("x-key", equals("k"))])), publish: None }),
+            ..ChannelConfig::default()
+        }];
+    })
+    .await;
+    let get = async |target: &str, headers: &[(&str, &str)]| ask(&server, Path::Socket, "GET", target, headers, "").await.status;
+    assert_eq!(get("/sse/public", &[]).await, 200, "no rule: open");
+    assert_eq!(get("/sse/private/a", &[]).await, 401);
+    assert_eq!(get("/sse?channel=public&channel=private/a", &[]).await, 401, "one guarded channel among several");
+    assert_eq!(get("/sse?channel=public&channel=private/a", &[("x-key", "k")]).await, 200);
+    // A batch on /publish names its channels in the body: publishing is open (loopback) here.
+    let batch = r#"[{"channel":"public","data":"1"},{"channel":"private/a","data":"2"}]"#;
+    assert_eq!(ask(&server, Path::Socket, "POST", "/publish", &[], batch).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_web_page_publishes_only_from_a_listed_origin() {
+    let server = TestServer::with(|c| c.access.publish_origins = vec!["https://app.example.com".into()]).await;
+    for path in [Path::Socket, Path::Hyper, Path::Http2] {
+        let post = async |headers: &[(&str, &str)]| ask(&server, path, "POST", "/sse/o", headers, r#"{"data":"x"}"#).await.status;
+        assert_eq!(post(&[("origin", "https://evil.example")]).await, 403, "{path:?}");
+        assert_eq!(post(&[("origin", "null")]).await, 403, "{path:?}: a sandboxed page");
+        assert_eq!(post(&[("origin", "https://app.example.com")]).await, 200, "{path:?}");
+        assert_eq!(post(&[]).await, 200, "{path:?}: no Origin, not a page");
+        // Subscribing from any page stays a matter of CORS.
+        assert_eq!(ask(&server, path, "GET", "/sse/o", &[("origin", "https://evil.example")], "").await.status, 200);
+    }
+    assert_eq!(server.stats().await["channels"]["o"]["published"], 6);
+}
+
+#[test]
+fn a_secret_rule_without_its_environment_variable_stops_start_up() {
+    let mut config = Config::default();
+    config.access.publish = policy(&[("x-key", HeaderRule::Secret { value: "HERALD_TEST_UNSET_VARIABLE".into() })]);
+    config.validate().expect("valid in itself");
+    let err = herald::access::Gate::new(&config).err().expect("refused").to_string();
+    assert!(err.contains("access.publish.headers.x-key") && err.contains("HERALD_TEST_UNSET_VARIABLE"), "{err}");
+}
+
+#[test]
+fn configuration_errors_name_their_key() {
+    let toml = |text: &str| -> String {
+        let config: Result<Config, _> = toml::from_str(text);
+        match config {
+            Err(e) => e.to_string(),
+            Ok(c) => c.validate().err().map(|e| e.to_string()).unwrap_or_default(),
+        }
+    };
+    let e = toml("[access.subscribe.headers]\n\"X-Key\" = { type = \"matches\", pattern = \"(\" }\n");
+    assert!(e.contains("access.subscribe.headers.X-Key") && e.contains("regular expression"), "{e}");
+    let e = toml("[access.subscribe.headers]\n\"X-Key\" = { type = \"equal\", value = \"v\" }\n");
+    assert!(e.contains("equal"), "{e}");
+    let e = toml("[access.publish.headers]\n\"X-Sig\" = { type = \"signature\", token = \"zz\", token_encoding = \"hex\" }\n");
+    assert!(e.contains("access.publish.headers.X-Sig") && e.contains("hex"), "{e}");
+    let e = toml("[access]\npublish_origins = [\"https://app.example.com/\"]\n");
+    assert!(e.contains("access.publish_origins"), "{e}");
+    let e = toml("[access]\nanonymous_publish = \"everyone\"\n");
+    assert!(e.contains("anonymous_publish") || e.contains("everyone"), "{e}");
+    assert_eq!(toml("[access.subscribe.headers]\n\"Authorization\" = { type = \"exists\" }\n"), "");
+}
