@@ -28,6 +28,12 @@ enum Command {
     Subscribe(SubscribeArgs),
     /// Load generator: measure this hub (or another) with idle or fan-out workloads.
     Bench(herald::bench::BenchArgs),
+    /// Make an API key and the hash to put in `api_keys` (or, with --stdin, hash a key you have).
+    HashKey {
+        /// Read the key from the first line of standard input instead of making one.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Check or repair the disk store (history.dir) of a stopped hub.
     Store {
         #[command(subcommand)]
@@ -161,7 +167,29 @@ fn main() -> anyhow::Result<()> {
         Command::Subscribe(args) => runtime()?.block_on(subscribe(args)),
         Command::Bench(args) => herald::bench::run(args),
         Command::Store { action } => store(action),
+        Command::HashKey { stdin } => hash_key(stdin),
     }
+}
+
+/// `herald hash-key`: a new key of 32 random bytes (hex), or the key on standard input, and its
+/// configuration line. The key itself goes to the client only; the configuration holds the hash.
+fn hash_key(stdin: bool) -> anyhow::Result<()> {
+    use herald::access::keys::hash_of;
+    if stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let key = line.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!key.is_empty(), "no key on standard input");
+        println!("{}", hash_of(key));
+    } else {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the system: {e}"))?;
+        let key = hex::encode(bytes);
+        println!("key:  {key}");
+        println!("hash: {}", hash_of(&key));
+        eprintln!("give the key to the client; put the hash in api_keys = [\"…\"]");
+    }
+    Ok(())
 }
 
 fn store(action: StoreAction) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use support::TestServer;
 
 fn policy(rules: &[(&str, HeaderRule)]) -> PolicyConfig {
-    PolicyConfig { headers: rules.iter().map(|(name, rule)| (name.to_string(), rule.clone())).collect() }
+    PolicyConfig { headers: rules.iter().map(|(name, rule)| (name.to_string(), rule.clone())).collect(), ..PolicyConfig::default() }
 }
 
 fn equals(value: &str) -> HeaderRule {
@@ -275,4 +275,59 @@ fn configuration_errors_name_their_key() {
     let e = toml("[access]\nanonymous_publish = \"everyone\"\n");
     assert!(e.contains("anonymous_publish") || e.contains("everyone"), "{e}");
     assert_eq!(toml("[access.subscribe.headers]\n\"Authorization\" = { type = \"exists\" }\n"), "");
+}
+
+#[tokio::test]
+async fn api_keys_are_checked_against_their_hashes() {
+    let server = TestServer::with(|c| c.access.publish.api_keys = vec![herald::access::keys::hash_of("k3y")]).await;
+    let post = async |headers: &[(&str, &str)]| ask(&server, Path::Socket, "POST", "/sse/k", headers, r#"{"data":"x"}"#).await;
+    assert_eq!(post(&[("authorization", "Bearer k3y")]).await.status, 200);
+    assert_eq!(post(&[("authorization", "bearer k3y")]).await.status, 200, "the scheme's case does not matter");
+    assert_eq!(post(&[("x-api-key", "k3y")]).await.status, 200);
+    let none = post(&[]).await;
+    assert_eq!((none.status, none.www_authenticate.as_deref()), (401, Some("Bearer")));
+    assert_eq!(post(&[("authorization", "Bearer k3y!")]).await.status, 403);
+    assert_eq!(post(&[("x-api-key", "K3Y")]).await.status, 403);
+    assert_eq!(post(&[("authorization", "Basic azN5")]).await.status, 401, "not a bearer key: missing");
+}
+
+#[tokio::test]
+async fn address_allowlists_and_trusted_proxies() {
+    // Tests speak over loopback only: the peer is 127.0.0.1 (or ::1), and other client
+    // addresses come through a trusted proxy's header.
+    let only_10 = TestServer::with(|c| c.access.publish.allow_from = vec!["10.0.0.0/8".into()]).await;
+    let post = async |server: &TestServer, headers: &[(&str, &str)]| {
+        ask(server, Path::Socket, "POST", "/sse/p", headers, r#"{"data":"x"}"#).await.status
+    };
+    assert_eq!(post(&only_10, &[]).await, 403, "loopback is not in 10/8");
+    assert_eq!(post(&only_10, &[("x-forwarded-for", "10.1.2.3")]).await, 403, "no trusted proxy: the header is ignored");
+
+    let proxied = TestServer::with(|c| {
+        c.access.trusted_proxies = vec!["127.0.0.1".into()];
+        c.access.publish.allow_from = vec!["198.51.100.0/24".into(), "2001:db8::/32".into()];
+    })
+    .await;
+    assert_eq!(post(&proxied, &[("x-forwarded-for", "198.51.100.7")]).await, 200);
+    assert_eq!(post(&proxied, &[("x-forwarded-for", "203.0.113.1")]).await, 403);
+    assert_eq!(post(&proxied, &[("x-forwarded-for", "198.51.100.7, 203.0.113.1")]).await, 403, "the nearest untrusted hop decides");
+    assert_eq!(post(&proxied, &[("forwarded", "for=\"[2001:db8::5]:1234\"")]).await, 200, "IPv6 through Forwarded");
+    assert_eq!(post(&proxied, &[("forwarded", "for=2001:db9::5")]).await, 403);
+    assert_eq!(post(&proxied, &[]).await, 403, "the proxy itself is not allowed");
+
+    // Anonymous publishing is for this machine: a trusted local proxy's remote client is not.
+    let anonymous = TestServer::with(|c| c.access.trusted_proxies = vec!["127.0.0.0/8".into()]).await;
+    assert_eq!(post(&anonymous, &[]).await, 200);
+    assert_eq!(post(&anonymous, &[("x-forwarded-for", "203.0.113.1")]).await, 403);
+    assert_eq!(post(&anonymous, &[("x-forwarded-for", "127.0.0.2")]).await, 200);
+
+    // IPv6 peers, on ::1.
+    for (allow, want) in [("::1", 200), ("2001:db8::/32", 403)] {
+        let v6 = TestServer::with(|c| {
+            c.listen = "[::1]:0".parse().unwrap();
+            c.access.publish.allow_from = vec![allow.into()];
+        })
+        .await;
+        assert!(v6.addr.is_ipv6());
+        assert_eq!(post(&v6, &[]).await, want, "allow_from {allow} for a peer on ::1");
+    }
 }

@@ -191,3 +191,30 @@ fn sigterm_ends_streams_and_exits() {
     // The subscriber saw its stream end and exited on its own.
     assert!(wait_with_timeout(&mut sub, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn hash_key_makes_a_key_and_the_hash_that_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(herald(dir.path()).arg("hash-key"));
+    assert!(ok, "{err}");
+    let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("{name} in {out}"));
+    let (key, hash) = (field("key:"), field("hash:"));
+    assert_eq!(key.len(), 64, "32 random bytes in hex: {key}");
+    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64, "{hash}");
+    let (ok2, again, _) = run(herald(dir.path()).arg("hash-key"));
+    assert!(ok2 && !again.contains(key), "a new key each time");
+    // The hash of a key one already has, from standard input (not the command line, which
+    // other users of the machine can see).
+    let mut child = herald(dir.path()).args(["hash-key", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hash);
+    // The configuration takes it, and refuses a key pasted where its hash belongs.
+    std::fs::write(dir.path().join("herald.toml"), format!("[access.publish]\napi_keys = [\"{hash}\"]\n")).unwrap();
+    let (ok, _, err) = run(herald(dir.path()).arg("config"));
+    assert!(ok, "{err}");
+    std::fs::write(dir.path().join("herald.toml"), format!("[access.publish]\napi_keys = [\"{key}\"]\n")).unwrap();
+    let (ok, _, err) = run(herald(dir.path()).arg("config"));
+    assert!(!ok && err.contains("access.publish.api_keys") && err.contains("herald hash-key") && !err.contains(key), "{err}");
+}

@@ -10,13 +10,18 @@
 //! decision marks, and the HTTP layer refuses to send the answer of a request whose handler
 //! neither asked the gate nor declared its route public.
 
+mod client;
 mod headers;
+pub mod keys;
 
-use crate::config::access::{AnonymousPublish, PolicyConfig};
+use crate::config::access::{AnonymousPublish, PolicyConfig, parse_net};
 use crate::config::{Config, ConfigError};
 use crate::hub::rules::RuleTable;
+use client::Proxies;
 use headers::HeaderCheck;
 use http::{HeaderMap, StatusCode};
+use ipnet::IpNet;
+use keys::ApiKeys;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +74,9 @@ impl Checkpoint {
 /// A compiled policy: all of its checks must pass.
 struct Policy {
     checks: Vec<HeaderCheck>,
+    /// Empty: any address.
+    allow_from: Vec<IpNet>,
+    keys: ApiKeys,
 }
 
 impl Policy {
@@ -81,17 +89,30 @@ impl Policy {
                     .map_err(|e| ConfigError::Invalid { key: format!("{key}.headers.{name}"), message: e.to_string() })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Arc::new(Policy { checks }))
+        // Validated with the configuration: these parse.
+        let allow_from = config.allow_from.iter().filter_map(|n| parse_net(n).ok()).collect();
+        let keys = ApiKeys::new(config.api_keys.iter().filter_map(|h| keys::parse_hash(h).ok()).collect());
+        Ok(Arc::new(Policy { checks, allow_from, keys }))
     }
 
     /// A policy without rules lets anyone in (for publishing, within `anonymous_publish`).
     fn is_open(&self) -> bool {
-        self.checks.is_empty()
+        self.checks.is_empty() && self.allow_from.is_empty() && self.keys.is_empty()
     }
 
-    fn check(&self, facts: &Facts<'_>) -> Result<(), Denied> {
+    fn check(&self, facts: &Facts<'_>, client: IpAddr) -> Result<(), Denied> {
+        if !self.allow_from.is_empty() && !self.allow_from.iter().any(|net| net.contains(&client)) {
+            return Err(Denied::forbidden(format!("requests from {client} are not allowed here (allow_from)")));
+        }
         // A missing credential is reported before a wrong one: the client has to send it first.
         let mut first_wrong = None;
+        if !self.keys.is_empty() {
+            match api_key(facts.headers) {
+                None => return Err(Denied::missing("an API key is required (Authorization: Bearer, or X-API-Key)".into(), true)),
+                Some(key) if !self.keys.accepts(key) => first_wrong = Some(Denied::forbidden("the API key is not accepted".into())),
+                Some(_) => {}
+            }
+        }
         for check in &self.checks {
             match check.check(facts) {
                 Ok(()) => {}
@@ -105,7 +126,17 @@ impl Policy {
     }
 }
 
+/// The key a request sends: `Authorization: Bearer <key>`, else `X-API-Key: <key>`.
+fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers.get(http::header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+    });
+    bearer.or_else(|| headers.get("x-api-key").map(|v| v.as_bytes().trim_ascii())).filter(|k| !k.is_empty())
+}
+
 pub struct Gate {
+    proxies: Proxies,
     subscribe: RuleTable<Arc<Policy>>,
     publish: RuleTable<Arc<Policy>>,
     stats: Arc<Policy>,
@@ -135,6 +166,7 @@ impl Gate {
             publish.push((c.pattern.clone(), publ));
         }
         Ok(Gate {
+            proxies: Proxies::new(config.access.trusted_proxies.iter().filter_map(|n| parse_net(n).ok()).collect()),
             subscribe: RuleTable::new(subscribe, global_sub),
             publish: RuleTable::new(publish, global_pub),
             stats: Policy::compile(&config.access.stats, "access.stats")?,
@@ -146,13 +178,14 @@ impl Gate {
     /// May this request subscribe to all of `channels`?
     pub fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
-        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts))
+        let client = self.proxies.client(facts.peer, facts.headers);
+        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts, client))
     }
 
     /// May this request read the hub's statistics?
     pub fn stats(&self, checkpoint: &Checkpoint, facts: &Facts<'_>) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
-        self.stats.check(facts)
+        self.stats.check(facts, self.proxies.client(facts.peer, facts.headers))
     }
 
     /// May this request publish to all of `channels`?
@@ -164,13 +197,15 @@ impl Gate {
                 return Err(Denied::forbidden("publishing from a web page of this origin is not allowed (access.publish_origins)".into()));
             }
         }
+        // Behind a trusted proxy on this machine, the proxy's client decides, not the proxy.
+        let client = self.proxies.client(facts.peer, facts.headers);
         for_each_policy(&self.publish, channels, |policy| {
-            if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !facts.peer.to_canonical().is_loopback() {
+            if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !client.is_loopback() {
                 return Err(Denied::forbidden(
                     "publishing is open to this machine only: configure publish rules (access.publish), or set access.anonymous_publish = \"anyone\"".into(),
                 ));
             }
-            policy.check(facts)
+            policy.check(facts, client)
         })
     }
 }

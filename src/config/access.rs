@@ -22,6 +22,9 @@ pub struct AccessConfig {
     /// Who may publish where no publish rule applies: `loopback` (the default: this machine
     /// only) or `anyone` (every address; start-up warns).
     pub anonymous_publish: AnonymousPublish,
+    /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` / `Forwarded` headers name the
+    /// client. From any other peer those headers are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,12 +50,22 @@ pub struct ChannelAccessConfig {
 pub struct PolicyConfig {
     /// Header name -> rule, in cdviz-collector's shape; every rule must pass.
     pub headers: BTreeMap<String, HeaderRule>,
+    /// Client addresses allowed (addresses or CIDRs, IPv4 and IPv6), as ssehub's
+    /// `restrictPublish`. Empty: any address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// Accepted API keys, as `sha256:<hex>` hashes (`herald hash-key` makes them); the request
+    /// sends one as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Empty: none needed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
 }
 
-impl PolicyConfig {
-    pub fn is_empty(&self) -> bool {
-        self.headers.is_empty()
-    }
+/// An address or a CIDR: `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`, `::1`.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{s}` is not an address or a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))
 }
 
 /// One header's rule. A missing (or empty) header answers 401, a wrong value 403.
@@ -124,6 +137,9 @@ pub enum SignatureOn {
 
 impl AccessConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for net in &self.trusted_proxies {
+            parse_net(net).map_err(|message| ConfigError::Invalid { key: "access.trusted_proxies".into(), message })?;
+        }
         self.subscribe.validate("access.subscribe")?;
         self.publish.validate("access.publish")?;
         self.stats.validate("access.stats")?;
@@ -153,6 +169,13 @@ impl ChannelAccessConfig {
 
 impl PolicyConfig {
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        for net in &self.allow_from {
+            parse_net(net).map_err(|message| ConfigError::Invalid { key: format!("{key}.allow_from"), message })?;
+        }
+        for hash in &self.api_keys {
+            // Never echo the value: it may be a key pasted in by mistake.
+            crate::access::keys::parse_hash(hash).map_err(|message| ConfigError::Invalid { key: format!("{key}.api_keys"), message })?;
+        }
         for (name, rule) in &self.headers {
             let key = format!("{key}.headers.{name}");
             let bad = |message: String| Err(ConfigError::Invalid { key: key.clone(), message });

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 const NOT_KEYS: &[&str] = &["HERALD_CONFIG", "HERALD_URL"];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["cors.allowed_origins", "cors.allowed_methods", "cors.allowed_headers", "access.publish_origins"];
+const LIST_KEYS: &[&str] =
+    &["cors.allowed_origins", "cors.allowed_methods", "cors.allowed_headers", "access.publish_origins", "access.trusted_proxies"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
