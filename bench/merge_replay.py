@@ -5,12 +5,16 @@
    times), against one channel replaying the same 65,536 events.
 2. Memory: server RSS per idle connection that asked to replay 1,024 channels of 256 events and
    then does not read (it holds what one write batch takes).
+3. CPU per live event: events published one at a time to one channel, received by a
+   subscription to that channel and 1,023 others, against a subscription to that channel alone
+   (what a wake costs when one channel of many has news).
 
     python3 bench/merge_replay.py HERALD_BINARY [PORT]
 
 Set HERALD_EXTRA_TOML="" for a build older than limits.max_new_channels_per_request.
 """
 
+import http.client
 import json
 import os
 import socket
@@ -46,8 +50,8 @@ def publish(channel_of, count):
         urllib.request.urlopen(req).read()
 
 
-def request(channels):
-    return ("GET /sse?" + "&".join(f"channel={c}" for c in channels) + "&replay=all HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+def request(channels, replay="all"):
+    return ("GET /sse?" + "&".join(f"channel={c}" for c in channels) + f"&replay={replay} HTTP/1.1\r\nHost: x\r\n\r\n").encode()
 
 
 def cpu_seconds(pid):
@@ -103,5 +107,28 @@ time.sleep(2)
 print(f"1,024 channels: {(rss(srv.pid) - before) / 10:,.0f} bytes of server memory per idle replaying connection")
 for s in idle:
     s.close()
+srv.terminate()
+srv.wait()
+
+# 3. Live delivery, one event per wake: the publisher waits for each event to arrive.
+srv = start()
+LIVE = 2000
+conn = http.client.HTTPConnection("127.0.0.1", PORT)
+for name, channels in [("1,024 channels", [f"l{c}" for c in range(C)]), ("1 channel", ["l0"])]:
+    s = socket.create_connection(("127.0.0.1", PORT))
+    s.sendall(request(channels, replay="none"))
+    s.recv(1 << 16)  # the head and the preamble
+    before, got = cpu_seconds(srv.pid), 0
+    for n in range(LIVE):
+        conn.request("POST", "/sse/l0", body=json.dumps({"data": f"{n:0>100}"}), headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        while True:
+            data = s.recv(1 << 16)
+            if b"\nid: " in data or data.startswith(b"id: "):
+                got += 1
+                break
+    used = cpu_seconds(srv.pid) - before
+    s.close()
+    print(f"live, {name}: {got} events, server CPU {used:.2f} s, {1e6 * used / got:.1f} us per published and delivered event")
 srv.terminate()
 srv.wait()

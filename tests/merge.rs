@@ -91,3 +91,57 @@ async fn a_256_channel_replay_holds_one_write_batch_and_arrives_in_order() {
         }
     }
 }
+
+/// Live events on several channels at once, with the disk store and `fsync = "always"`: each
+/// event enters its window before it is durable, so a multi-channel subscriber must look again
+/// at a channel whose news was not visible yet when it read. Every subscriber gets every event
+/// of its channels once, in position order, whichever channel's publisher was quicker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_on_many_channels_arrive_once_and_in_order() {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let server = support::TestServer::with(|c| {
+        c.history.store = herald::config::StoreKind::Disk;
+        c.history.dir = dir.path().to_owned();
+        c.history.fsync = herald::config::FsyncMode::Always;
+    })
+    .await;
+    let all: Vec<String> = (0..PUBLISHERS).map(|p| format!("live{p}")).collect();
+    // Subscribers of every channel, of two of them, and of one with 100 idle channels beside it.
+    let idle: Vec<String> = (0..100).map(|i| format!("idle{i}")).collect();
+    let sets: Vec<Vec<String>> = vec![all.clone(), vec![all[1].clone(), all[3].clone()], [vec![all[2].clone()], idle].concat()];
+    let mut subs = Vec::new();
+    for set in &sets {
+        let query: Vec<String> = set.iter().map(|c| format!("channel={c}")).collect();
+        subs.push(support::Sse::open(&server.url(&format!("/sse?{}", query.join("&")))).await);
+    }
+    for (ch, n) in [(&all[0], 1), (&all[1], 2), (&all[2], 2), (&all[3], 2)] {
+        support::subscribers(&server, ch, n).await;
+    }
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let url = server.url(&format!("/sse/live{p}"));
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let resp = http().post(&url).json(&json!({ "data": format!("{p}:{i}") })).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for (set, sub) in sets.iter().zip(&mut subs) {
+        let wanted: Vec<usize> = (0..PUBLISHERS).filter(|p| set.contains(&all[*p])).collect();
+        let events = sub.events(wanted.len() * EACH).await;
+        let ids: Vec<u64> = events.iter().map(|e| e.last_event_id.parse().expect("numeric ids")).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{set:?}: ids in position order, each once: {ids:?}");
+        for p in &wanted {
+            let mine: Vec<String> = events.iter().filter(|e| e.data.starts_with(&format!("{p}:"))).map(|e| e.data.clone()).collect();
+            assert_eq!(mine, (0..EACH).map(|i| format!("{p}:{i}")).collect::<Vec<_>>(), "{set:?}: channel live{p}");
+        }
+        sub.expect_no_event(Duration::from_millis(200)).await;
+    }
+}

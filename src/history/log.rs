@@ -58,7 +58,8 @@ pub enum ReadStep {
 /// The outcome of [`ChannelLog::take`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
-    /// The event was sent (or skipped as sent already); the position of the next one, if due.
+    /// The event was sent (or skipped as sent already); the position of the next one in the
+    /// window, visible or not.
     Taken { next: Option<u64> },
     /// The event does not fit in what is left of the write batch.
     Full,
@@ -191,20 +192,20 @@ impl ChannelLog {
         ReadStep::Done
     }
 
-    /// The position of the event at `cursor`, if there is one at or before `upto`. `Err(n)`
-    /// when the cursor pointed before the oldest kept event: it now points at it, and `n`
-    /// events were skipped.
-    pub fn peek(&self, cursor: &mut u64, upto: u64) -> Result<Option<u64>, u64> {
+    /// The position of the event at `cursor`, if the window has one (the caller compares it
+    /// with the watermark). `Err(n)` when the cursor pointed before the oldest kept event: it
+    /// now points at it, and `n` events were skipped.
+    pub fn peek(&self, cursor: &mut u64) -> Result<Option<u64>, u64> {
         let inner = self.inner.lock();
         let i = inner.index_of(cursor)?;
-        Ok(inner.events.get(i).map(|e| e.pos).filter(|&p| p <= upto))
+        Ok(inner.events.get(i).map(|e| e.pos))
     }
 
     /// Takes the event at `cursor` (one [`peek`](Self::peek) found): copies its frame into `buf`
     /// unless its position is at most `sent` (a subscriber of several channels already sent it
     /// through another) or the frame is larger than `room`, in which case nothing moves. Returns
-    /// the position of the next event at or before `upto`, for the caller's merge.
-    pub fn take(&self, cursor: &mut u64, upto: u64, sent: u64, buf: &mut BytesMut, room: usize) -> Take {
+    /// the position of the next event, for the caller's merge.
+    pub fn take(&self, cursor: &mut u64, sent: u64, buf: &mut BytesMut, room: usize) -> Take {
         let inner = self.inner.lock();
         let i = match inner.index_of(cursor) {
             Ok(i) => i,
@@ -218,7 +219,7 @@ impl ChannelLog {
             buf.extend_from_slice(&ev.frame);
         }
         *cursor += 1;
-        Take::Taken { next: inner.events.get(i + 1).map(|e| e.pos).filter(|&p| p <= upto) }
+        Take::Taken { next: inner.events.get(i + 1).map(|e| e.pos) }
     }
 
     /// Sequence the next event will get: a cursor equal to it is caught up.

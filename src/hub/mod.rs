@@ -7,6 +7,7 @@
 
 mod channel;
 mod floors;
+mod pending;
 pub mod replication;
 pub mod rules;
 mod settings;
@@ -444,6 +445,7 @@ impl Hub {
             for ch in &item.channels {
                 self.budget.add(ev.frame.len());
                 freed += ch.log.push(ev.clone());
+                ch.mark_appended();
                 ch.count_published(1);
                 ch.touch(now_ms);
             }
@@ -501,19 +503,28 @@ impl Hub {
     ) -> Result<Subscription, ChannelError> {
         self.admit_new(names.iter().map(String::as_str))?;
         let waker = Arc::new(AtomicWaker::new());
-        let mut channels: Vec<(Arc<Channel>, usize)> = Vec::with_capacity(names.len());
+        let mut distinct: Vec<&str> = Vec::with_capacity(names.len());
+        for name in names {
+            if !distinct.contains(&name.as_str()) {
+                distinct.push(name);
+            }
+        }
+        // Several channels: each marks which of them has news, so a wake reads only those.
+        let pending = (distinct.len() > 1).then(|| Arc::new(pending::PendingSet::all(distinct.len(), waker.clone())));
+        let mut channels: Vec<(Arc<Channel>, usize)> = Vec::with_capacity(distinct.len());
         let registered = (|| {
-            for name in names {
-                if channels.iter().any(|(c, _)| &*c.name == name.as_str()) {
-                    continue;
-                }
-                channels.push(self.channel_with(name, |ch| ch.register(waker.clone()))?);
+            for (slot, name) in distinct.iter().enumerate() {
+                channels.push(self.channel_with(name, |ch| match &pending {
+                    None => ch.register(waker.clone()),
+                    // At most 65,535 channels per connection (config validation).
+                    Some(pending) => ch.register_merged(channel::MergedWaiter { pending: pending.clone(), slot: slot as u32 }),
+                })?);
             }
             Ok(())
         })();
         if let Err(e) = registered {
             for (ch, key) in channels {
-                ch.unregister(key);
+                if pending.is_some() { ch.unregister_merged(key) } else { ch.unregister(key) }
             }
             return Err(e);
         }
@@ -541,7 +552,7 @@ impl Hub {
             .collect();
         let missed_notice = missed.map(|m| missed_notice(m, last_event_id.unwrap_or_default(), &channels));
         let options = SubscriptionOptions::from_config(&self.config);
-        Ok(Subscription::new(self.clone(), waker, channels, starts, missed_notice, options, epoch))
+        Ok(Subscription::new(self.clone(), (waker, pending), channels, starts, missed_notice, options, epoch))
     }
 
     pub(crate) fn watermark(&self) -> u64 {

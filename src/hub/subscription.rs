@@ -6,6 +6,7 @@
 //! stops reading is simply not polled; the window moves on without it, and when it reads again
 //! it is told how many events it lost (`lag_policy`).
 
+use super::pending::PendingSet;
 use super::{Channel, Hub};
 use crate::config::{Config, LagPolicy};
 use crate::history::{ReadStep, Take};
@@ -54,11 +55,15 @@ struct Cursor {
     key: usize,
     /// Sequence of the next event to send.
     next: u64,
+    /// In the merge's heap (several channels only).
+    queued: bool,
 }
 
 pub struct Subscription {
     hub: Arc<Hub>,
     waker: Arc<AtomicWaker>,
+    /// Several channels: which of them may have news (see `pending.rs`).
+    pending: Option<Arc<PendingSet>>,
     cursors: Vec<Cursor>,
     /// What is to be sent next; at first the connect preamble (comment, `retry:`, a
     /// missed-events notice).
@@ -77,8 +82,9 @@ pub struct Subscription {
     finished: bool,
     /// Newest position sent: an event published to several of our channels is sent once.
     last_pos: u64,
-    /// The merge of several channels: each cursor with an event due, by that event's position.
-    /// At most one entry per channel, so it is bounded by the channels named, not by events.
+    /// The merge of several channels: each cursor with a visible event due, by that event's
+    /// position. At most one entry per channel, so it is bounded by the channels named, not by
+    /// events; kept from one wake to the next (what a full write batch left).
     heads: BinaryHeap<Reverse<(u64, usize)>>,
     // The options a stream needs after it opened, held as compactly as they can be: every idle
     // connection carries them.
@@ -91,7 +97,8 @@ pub struct Subscription {
 impl Subscription {
     pub(super) fn new(
         hub: Arc<Hub>,
-        waker: Arc<AtomicWaker>,
+        // The waker every channel wakes, and the marks of a multi-channel subscription.
+        (waker, pending): (Arc<AtomicWaker>, Option<Arc<PendingSet>>),
         channels: Vec<(Arc<Channel>, usize)>,
         starts: Vec<u64>,
         missed_notice: Option<Bytes>,
@@ -111,12 +118,13 @@ impl Subscription {
         if let Some(notice) = missed_notice {
             head.put_slice(&notice);
         }
-        let cursors = channels.into_iter().zip(starts).map(|((channel, key), next)| Cursor { channel, key, next }).collect();
+        let cursors = channels.into_iter().zip(starts).map(|((channel, key), next)| Cursor { channel, key, next, queued: false }).collect();
         let tick_seen = hub.keepalive_ticks();
         hub.subscription_opened();
         Subscription {
             hub,
             waker,
+            pending,
             cursors,
             buf: head,
             preamble_due: true,
@@ -158,28 +166,44 @@ impl Subscription {
     /// Several channels, merged in position order up to the hub's watermark (every event up to
     /// it is visible in all its windows): one event at a time from the cursor whose next event
     /// is oldest, until the write batch is full. Nothing is gathered or sorted beyond one
-    /// position per channel, so a subscription to many channels holds what one write holds.
+    /// position per channel, so a subscription to many channels holds what one write holds;
+    /// and only the channels marked since the last read are looked at, so a wake costs what
+    /// changed, not every channel named.
     fn fill_merged(&mut self) {
+        // The watermark before the marks (see `pending.rs`).
         let upto = self.hub.watermark();
-        self.heads.clear();
-        for i in 0..self.cursors.len() {
-            if !self.push_head(i, upto) {
-                return;
+        let words = self.pending.as_ref().map_or(0, |p| p.words());
+        for w in 0..words {
+            let mut bits = self.pending.as_ref().map_or(0, |p| p.take(w));
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // A cursor in the heap already knows its next event; the ones after it are
+                // found as it is taken.
+                if !self.cursors[i].queued && !self.push_head(i, upto) {
+                    return;
+                }
             }
         }
         let start = self.buf.len();
         while let Some(Reverse((pos, i))) = self.heads.pop() {
+            self.cursors[i].queued = false;
             // Always at least one event per write, however large.
             let room = if self.buf.len() == start { usize::MAX } else { self.write_batch.saturating_sub(self.buf.len() - start) };
             let c = &mut self.cursors[i];
-            match c.channel.log.take(&mut c.next, upto, self.last_pos, &mut self.buf, room) {
+            match c.channel.log.take(&mut c.next, self.last_pos, &mut self.buf, room) {
                 Take::Taken { next } => {
                     self.last_pos = self.last_pos.max(pos);
                     if let Some(next) = next {
-                        self.heads.push(Reverse((next, i)));
+                        self.queue(i, next, upto);
                     }
                 }
-                Take::Full => break,
+                Take::Full => {
+                    // Back in the heap for the next write.
+                    self.heads.push(Reverse((pos, i)));
+                    self.cursors[i].queued = true;
+                    break;
+                }
                 Take::Lagged(skipped) => {
                     // Evicted since it was looked at: say so, and merge on from where it is now.
                     if !self.lagged(skipped) || !self.push_head(i, upto) {
@@ -195,13 +219,24 @@ impl Subscription {
     fn push_head(&mut self, i: usize, upto: u64) -> bool {
         loop {
             let c = &mut self.cursors[i];
-            match c.channel.log.peek(&mut c.next, upto) {
-                Ok(Some(pos)) => self.heads.push(Reverse((pos, i))),
+            match c.channel.log.peek(&mut c.next) {
+                Ok(Some(pos)) => self.queue(i, pos, upto),
                 Ok(None) => {}
                 Err(skipped) if self.lagged(skipped) => continue,
                 Err(_) => return false,
             }
             return true;
+        }
+    }
+
+    /// Cursor `i`'s next event is at `pos`: merged if visible; if not yet, its channel is marked
+    /// again, to be looked at once the watermark passes it (the watermark moves, then wakes).
+    fn queue(&mut self, i: usize, pos: u64, upto: u64) {
+        if pos <= upto {
+            self.heads.push(Reverse((pos, i)));
+            self.cursors[i].queued = true;
+        } else if let Some(pending) = &self.pending {
+            pending.mark(i as u32);
         }
     }
 
@@ -316,7 +351,7 @@ impl Body for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for c in &self.cursors {
-            c.channel.unregister(c.key);
+            if self.pending.is_some() { c.channel.unregister_merged(c.key) } else { c.channel.unregister(c.key) }
         }
         self.hub.subscription_closed();
     }
