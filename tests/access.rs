@@ -331,3 +331,35 @@ async fn address_allowlists_and_trusted_proxies() {
         assert_eq!(post(&v6, &[]).await, want, "allow_from {allow} for a peer on ::1");
     }
 }
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_streams() {
+    let server = TestServer::with(|c| c.access.max_streams_per_client = 2).await;
+    for path in [Path::Socket, Path::Hyper, Path::Http2] {
+        let client = match path {
+            Path::Http2 => reqwest::Client::builder().http2_prior_knowledge().build().unwrap(),
+            _ => reqwest::Client::builder().http1_only().build().unwrap(),
+        };
+        let open = async || {
+            let mut req = client.get(server.url("/sse/limited"));
+            if matches!(path, Path::Hyper) {
+                req = req.header("expect", "100-continue");
+            }
+            req.send().await.unwrap()
+        };
+        let first = open().await;
+        let second = open().await;
+        assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200), "{path:?}");
+        let third = open().await;
+        assert_eq!(third.status(), 429, "{path:?}: a third stream from one address");
+        let body: serde_json::Value = third.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("max_streams_per_client"), "{body}");
+        // Publishing is not a stream: not limited.
+        assert_eq!(ask(&server, path, "POST", "/sse/limited", &[], r#"{"data":"x"}"#).await.status, 200);
+        // A stream that ends gives its slot back.
+        drop(first);
+        support::eventually(async || open().await.status() == 200).await;
+        drop(second);
+        support::eventually(async || server.stats().await["totals"]["subscriptions"] == 0).await;
+    }
+}

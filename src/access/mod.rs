@@ -13,6 +13,7 @@
 mod client;
 mod headers;
 pub mod keys;
+mod streams;
 
 use crate::config::access::{AnonymousPublish, PolicyConfig, parse_net};
 use crate::config::{Config, ConfigError};
@@ -52,7 +53,15 @@ impl Denied {
     fn forbidden(message: String) -> Self {
         Denied { status: StatusCode::FORBIDDEN, message, bearer: false }
     }
+
+    fn too_many(message: String) -> Self {
+        Denied { status: StatusCode::TOO_MANY_REQUESTS, message, bearer: false }
+    }
 }
+
+/// What an admitted stream holds until it ends: its slot under `max_streams_per_client`.
+/// Boxed and absent when there is no limit, so an idle stream carries one pointer for it.
+pub struct Admission(#[allow(dead_code)] Option<Box<streams::StreamSlot>>);
 
 /// One request's record that access was decided. Created by the HTTP layer for each request;
 /// marked by every decision of the [`Gate`] and by [`Checkpoint::public`].
@@ -142,6 +151,7 @@ pub struct Gate {
     stats: Arc<Policy>,
     publish_origins: Vec<String>,
     anonymous_publish: AnonymousPublish,
+    streams: Option<Arc<streams::StreamLimit>>,
 }
 
 impl Gate {
@@ -172,14 +182,17 @@ impl Gate {
             stats: Policy::compile(&config.access.stats, "access.stats")?,
             publish_origins: config.access.publish_origins.clone(),
             anonymous_publish: config.access.anonymous_publish,
+            streams: (config.access.max_streams_per_client > 0).then(|| streams::StreamLimit::new(config.access.max_streams_per_client)),
         })
     }
 
-    /// May this request subscribe to all of `channels`?
-    pub fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+    /// May this request subscribe to all of `channels`? The admission is held by the stream.
+    pub fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<Admission, Denied> {
         checkpoint.0.store(true, Ordering::Release);
         let client = self.proxies.client(facts.peer, facts.headers);
-        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts, client))
+        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts, client))?;
+        let slot = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
+        Ok(Admission(slot.map(Box::new)))
     }
 
     /// May this request read the hub's statistics?

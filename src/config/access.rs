@@ -25,6 +25,8 @@ pub struct AccessConfig {
     /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` / `Forwarded` headers name the
     /// client. From any other peer those headers are ignored.
     pub trusted_proxies: Vec<String>,
+    /// Event streams one client address may hold open at once (429 beyond); 0: no limit.
+    pub max_streams_per_client: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

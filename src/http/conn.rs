@@ -132,11 +132,11 @@ async fn serve_requests(stream: &mut TcpStream, peer: SocketAddr, shared: &Share
             Err(never) => match never {},
         };
         let (parts, body) = response.into_parts();
-        if let Some(sub) = parts.extensions.get::<Handoff>().and_then(Handoff::take) {
+        if let Some((sub, admission)) = parts.extensions.get::<Handoff>().and_then(Handoff::take) {
             drop(body);
             drop(buf);
             let head = event_stream::response_head(&parts, stream_length, true);
-            return Next::Stream(event_stream::OpenStream { head, length: stream_length, sub });
+            return Next::Stream(event_stream::OpenStream { head, length: stream_length, sub, admission });
         }
         // Any other answer (a publish's, or an error): written with a length.
         let body = match http_body_util::Limited::new(body, MAX_PLAIN_BODY).collect().await {

@@ -6,6 +6,7 @@
 //! place); it leaves the subscription in a [`Handoff`] that the connection takes over. Over
 //! HTTP/2, hyper polls the same handoff as an ordinary response body.
 
+use crate::access::Admission;
 use crate::hub::Subscription;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -21,15 +22,16 @@ use tokio::net::TcpStream;
 /// A subscription waiting for whoever serves the response: carried as a response extension
 /// (for the socket path) and as the response body (for hyper).
 #[derive(Clone)]
-pub struct Handoff(Arc<Mutex<Option<Subscription>>>);
+pub struct Handoff(Arc<Mutex<Option<(Subscription, Admission)>>>);
 
 impl Handoff {
-    pub fn new(subscription: Subscription) -> Self {
-        Handoff(Arc::new(Mutex::new(Some(subscription))))
+    /// The subscription, and what access control's admission holds while it streams.
+    pub fn new(subscription: Subscription, admission: Admission) -> Self {
+        Handoff(Arc::new(Mutex::new(Some((subscription, admission)))))
     }
 
     /// Takes the subscription; the body then ends at once if anybody polls it.
-    pub fn take(&self) -> Option<Subscription> {
+    pub fn take(&self) -> Option<(Subscription, Admission)> {
         self.0.lock().take()
     }
 
@@ -41,7 +43,7 @@ impl Handoff {
 /// The response body hyper polls: the subscription, taken from the handoff on first poll.
 pub enum HandoffBody {
     Waiting(Handoff),
-    Streaming(Box<Subscription>),
+    Streaming(Box<(Subscription, Admission)>),
     Done,
 }
 
@@ -53,12 +55,12 @@ impl Body for HandoffBody {
         let this = &mut *self;
         if let HandoffBody::Waiting(handoff) = this {
             *this = match handoff.take() {
-                Some(sub) => HandoffBody::Streaming(Box::new(sub)),
+                Some(taken) => HandoffBody::Streaming(Box::new(taken)),
                 None => HandoffBody::Done,
             };
         }
         match this {
-            HandoffBody::Streaming(sub) => sub.poll_chunk(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
+            HandoffBody::Streaming(taken) => taken.0.poll_chunk(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
             _ => Poll::Ready(None),
         }
     }
@@ -128,6 +130,9 @@ pub struct OpenStream {
     pub head: Vec<u8>,
     pub length: BodyLength,
     pub sub: Subscription,
+    /// Held until the stream ends (its drop gives access control's slot back); never read.
+    #[allow(dead_code)]
+    pub admission: Admission,
 }
 
 /// Writes the head and then the subscription's output until the stream ends or the client

@@ -69,7 +69,7 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Resp
         )));
     }
     // Before anything is looked up, replayed or streamed.
-    state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b""))?;
+    let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b""))?;
     let headers = &asker.headers;
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {
@@ -89,7 +89,7 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Resp
     let subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
     // Whoever serves the connection takes the subscription: the socket path from the extension,
     // hyper by polling the body.
-    let handoff = Handoff::new(subscription);
+    let handoff = Handoff::new(subscription, admission);
     let mut resp = Response::new(Body::new(handoff.clone().into_body()));
     resp.extensions_mut().insert(handoff);
     *resp.status_mut() = StatusCode::OK;
