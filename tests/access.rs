@@ -363,3 +363,37 @@ async fn one_address_holds_at_most_its_streams() {
         support::eventually(async || server.stats().await["totals"]["subscriptions"] == 0).await;
     }
 }
+
+#[tokio::test]
+async fn publishers_over_their_rate_are_told_when_to_retry() {
+    let server = TestServer::with(|c| {
+        c.access.publish_rate = herald::config::access::PublishRateConfig { per_second: 1, burst: 2 };
+    })
+    .await;
+    for path in [Path::Socket, Path::Http2] {
+        let client = match path {
+            Path::Http2 => reqwest::Client::builder().http2_prior_knowledge().build().unwrap(),
+            _ => reqwest::Client::builder().http1_only().build().unwrap(),
+        };
+        let post = async |key: Option<&str>| {
+            let mut req = client.post(server.url("/sse/rated")).header("content-type", "application/json").body(r#"{"data":"x"}"#);
+            if let Some(key) = key {
+                req = req.header("x-api-key", key);
+            }
+            req.send().await.unwrap()
+        };
+        // Each path's publisher is a key of its own, so the two paths do not share a bucket.
+        let key = format!("key-{path:?}");
+        assert_eq!(post(Some(&key)).await.status(), 200);
+        assert_eq!(post(Some(&key)).await.status(), 200);
+        let refused = post(Some(&key)).await;
+        assert_eq!(refused.status(), 429, "{path:?}");
+        assert_eq!(refused.headers()["retry-after"], "1", "{path:?}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("access.publish_rate"), "{body}");
+    }
+    // Subscribing is not a publish.
+    assert_eq!(ask(&server, Path::Socket, "GET", "/sse/rated", &[], "").await.status, 200);
+    // Only the admitted publishes were published.
+    assert_eq!(server.stats().await["channels"]["rated"]["published"], 4);
+}

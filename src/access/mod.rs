@@ -13,6 +13,7 @@
 mod client;
 mod headers;
 pub mod keys;
+mod rate;
 mod streams;
 
 use crate::config::access::{AnonymousPublish, PolicyConfig, parse_net};
@@ -43,19 +44,31 @@ pub struct Denied {
     pub message: String,
     /// Answer `WWW-Authenticate: Bearer` (the missing credential was an `Authorization` header).
     pub bearer: bool,
+    /// Seconds to answer in `Retry-After` (a rate limit).
+    pub retry_after: Option<u64>,
 }
 
 impl Denied {
     fn missing(message: String, bearer: bool) -> Self {
-        Denied { status: StatusCode::UNAUTHORIZED, message, bearer }
+        Denied { status: StatusCode::UNAUTHORIZED, message, bearer, retry_after: None }
     }
 
     fn forbidden(message: String) -> Self {
-        Denied { status: StatusCode::FORBIDDEN, message, bearer: false }
+        Denied { status: StatusCode::FORBIDDEN, message, bearer: false, retry_after: None }
+    }
+
+    fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Denied {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("publishing too fast (access.publish_rate): retry in {seconds} s"),
+            bearer: false,
+            retry_after: Some(seconds),
+        }
     }
 
     fn too_many(message: String) -> Self {
-        Denied { status: StatusCode::TOO_MANY_REQUESTS, message, bearer: false }
+        Denied { status: StatusCode::TOO_MANY_REQUESTS, message, bearer: false, retry_after: None }
     }
 }
 
@@ -152,6 +165,7 @@ pub struct Gate {
     publish_origins: Vec<String>,
     anonymous_publish: AnonymousPublish,
     streams: Option<Arc<streams::StreamLimit>>,
+    publish_rate: Option<rate::PublishRate>,
 }
 
 impl Gate {
@@ -182,6 +196,10 @@ impl Gate {
             stats: Policy::compile(&config.access.stats, "access.stats")?,
             publish_origins: config.access.publish_origins.clone(),
             anonymous_publish: config.access.anonymous_publish,
+            publish_rate: std::num::NonZeroU32::new(config.access.publish_rate.per_second).map(|per_second| {
+                let burst = std::num::NonZeroU32::new(config.access.publish_rate.burst).unwrap_or(per_second);
+                rate::PublishRate::new(per_second, burst)
+            }),
             streams: (config.access.max_streams_per_client > 0).then(|| streams::StreamLimit::new(config.access.max_streams_per_client)),
         })
     }
@@ -219,7 +237,12 @@ impl Gate {
                 ));
             }
             policy.check(facts, client)
-        })
+        })?;
+        // Counted once admitted: a refused request publishes nothing.
+        match &self.publish_rate {
+            Some(rate) => rate.check(client, api_key(facts.headers)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -27,6 +27,17 @@ pub struct AccessConfig {
     pub trusted_proxies: Vec<String>,
     /// Event streams one client address may hold open at once (429 beyond); 0: no limit.
     pub max_streams_per_client: usize,
+    pub publish_rate: PublishRateConfig,
+}
+
+/// Publish requests per second per publisher (its API key, else its address); 429 with
+/// `Retry-After` beyond. `per_second = 0`: no limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishRateConfig {
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet spell; 0: the same as `per_second`.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

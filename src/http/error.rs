@@ -10,11 +10,13 @@ pub struct ApiError {
     pub message: String,
     /// Answered with `WWW-Authenticate: Bearer`.
     pub bearer: bool,
+    /// Answered as `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), bearer: false }
+        ApiError { status, message: message.into(), bearer: false, retry_after: None }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -42,13 +44,16 @@ impl IntoResponse for ApiError {
         if self.bearer {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
         resp
     }
 }
 
 impl From<crate::access::Denied> for ApiError {
     fn from(d: crate::access::Denied) -> Self {
-        ApiError { status: d.status, message: d.message, bearer: d.bearer }
+        ApiError { status: d.status, message: d.message, bearer: d.bearer, retry_after: d.retry_after }
     }
 }
 
