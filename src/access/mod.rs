@@ -12,6 +12,7 @@
 
 mod client;
 mod headers;
+pub mod jwt;
 pub mod keys;
 mod rate;
 mod streams;
@@ -35,6 +36,8 @@ pub struct Facts<'a> {
     pub headers: &'a HeaderMap,
     /// The request body (empty for a subscription): what a `signature` rule signs.
     pub body: &'a [u8],
+    /// The query string, where a token may travel.
+    pub query: Option<&'a str>,
 }
 
 /// A refusal: 401 when a credential is missing, 403 when one is present but not accepted.
@@ -49,11 +52,11 @@ pub struct Denied {
 }
 
 impl Denied {
-    fn missing(message: String, bearer: bool) -> Self {
+    pub(crate) fn missing(message: String, bearer: bool) -> Self {
         Denied { status: StatusCode::UNAUTHORIZED, message, bearer, retry_after: None }
     }
 
-    fn forbidden(message: String) -> Self {
+    pub(crate) fn forbidden(message: String) -> Self {
         Denied { status: StatusCode::FORBIDDEN, message, bearer: false, retry_after: None }
     }
 
@@ -72,9 +75,27 @@ impl Denied {
     }
 }
 
-/// What an admitted stream holds until it ends: its slot under `max_streams_per_client`.
-/// Boxed and absent when there is no limit, so an idle stream carries one pointer for it.
-pub struct Admission(#[allow(dead_code)] Option<Box<streams::StreamSlot>>);
+/// What an admitted stream holds until it ends: its slot under `max_streams_per_client`
+/// (boxed, and absent when there is no limit, so an idle stream carries one pointer for it) and
+/// what its token granted.
+pub struct Admission {
+    _slot: Option<Box<streams::StreamSlot>>,
+    grant: Option<Arc<jwt::Grant>>,
+    end_at_expiry: bool,
+}
+
+impl Admission {
+    /// Who the stream's token speaks for.
+    pub fn user(&self) -> Option<&str> {
+        self.grant.as_ref().and_then(|g| g.user.as_deref())
+    }
+
+    /// When the stream must end (once its token is no longer accepted: `exp` plus the leeway, in
+    /// seconds since the Unix epoch), if it must.
+    pub fn ends_at(&self) -> Option<u64> {
+        self.grant.as_ref().filter(|_| self.end_at_expiry).and_then(|g| g.expires)
+    }
+}
 
 /// One request's record that access was decided. Created by the HTTP layer for each request;
 /// marked by every decision of the [`Gate`] and by [`Checkpoint::public`].
@@ -99,6 +120,8 @@ struct Policy {
     /// Empty: any address.
     allow_from: Vec<IpNet>,
     keys: ApiKeys,
+    /// A valid token is required, whose claims grant the channel.
+    jwt: bool,
 }
 
 impl Policy {
@@ -114,12 +137,12 @@ impl Policy {
         // Validated with the configuration: these parse.
         let allow_from = config.allow_from.iter().filter_map(|n| parse_net(n).ok()).collect();
         let keys = ApiKeys::new(config.api_keys.iter().filter_map(|h| keys::parse_hash(h).ok()).collect());
-        Ok(Arc::new(Policy { checks, allow_from, keys }))
+        Ok(Arc::new(Policy { checks, allow_from, keys, jwt: config.jwt }))
     }
 
     /// A policy without rules lets anyone in (for publishing, within `anonymous_publish`).
     fn is_open(&self) -> bool {
-        self.checks.is_empty() && self.allow_from.is_empty() && self.keys.is_empty()
+        self.checks.is_empty() && self.allow_from.is_empty() && self.keys.is_empty() && !self.jwt
     }
 
     fn check(&self, facts: &Facts<'_>, client: IpAddr) -> Result<(), Denied> {
@@ -166,6 +189,45 @@ pub struct Gate {
     anonymous_publish: AnonymousPublish,
     streams: Option<Arc<streams::StreamLimit>>,
     publish_rate: Option<rate::PublishRate>,
+    jwt: Option<jwt::Verifier>,
+}
+
+/// What a policy with `jwt = true` checks a channel's name against.
+#[derive(Clone, Copy)]
+enum Action {
+    Subscribe,
+    Publish,
+    /// Reading statistics: a valid token is enough.
+    Read,
+}
+
+/// One request's token, verified at most once however many policies want it.
+struct TokenCheck<'a> {
+    verifier: Option<&'a jwt::Verifier>,
+    facts: &'a Facts<'a>,
+    result: Option<Result<Arc<jwt::Grant>, Denied>>,
+}
+
+impl TokenCheck<'_> {
+    async fn grant(&mut self) -> Result<Arc<jwt::Grant>, Denied> {
+        if let Some(done) = &self.result {
+            return done.clone();
+        }
+        let result = match self.verifier {
+            // Configuration validation makes a policy with `jwt = true` imply a verifier.
+            None => Err(Denied::forbidden("no token verification is configured (access.jwt)".into())),
+            Some(v) => match v.token(self.facts.headers, self.facts.query) {
+                None => Err(v.missing()),
+                Some(token) => v.verify(&token).await,
+            },
+        };
+        self.result = Some(result.clone());
+        result
+    }
+
+    fn verified(&self) -> Option<Arc<jwt::Grant>> {
+        self.result.as_ref().and_then(|r| r.as_ref().ok()).cloned()
+    }
 }
 
 impl Gate {
@@ -201,26 +263,52 @@ impl Gate {
                 rate::PublishRate::new(per_second, burst)
             }),
             streams: (config.access.max_streams_per_client > 0).then(|| streams::StreamLimit::new(config.access.max_streams_per_client)),
+            jwt: config.access.jwt.has_keys().then(|| jwt::Verifier::new(&config.access.jwt)).transpose()?,
         })
     }
 
+    fn token_check<'a>(&'a self, facts: &'a Facts<'a>) -> TokenCheck<'a> {
+        TokenCheck { verifier: self.jwt.as_ref(), facts, result: None }
+    }
+
     /// May this request subscribe to all of `channels`? The admission is held by the stream.
-    pub fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<Admission, Denied> {
+    pub async fn subscribe<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<Admission, Denied> {
+        self.decide_subscribe(checkpoint, channels, facts).await.inspect_err(|d| refused("subscribe", facts, d))
+    }
+
+    async fn decide_subscribe<S: AsRef<str>>(
+        &self,
+        checkpoint: &Checkpoint,
+        channels: &[S],
+        facts: &Facts<'_>,
+    ) -> Result<Admission, Denied> {
         checkpoint.0.store(true, Ordering::Release);
         let client = self.proxies.client(facts.peer, facts.headers);
-        for_each_policy(&self.subscribe, channels, |policy| policy.check(facts, client))?;
+        let mut token = self.token_check(facts);
+        for (policy, names) in distinct_policies(&self.subscribe, channels) {
+            admit(policy, &names, facts, client, &mut token, Action::Subscribe).await?;
+        }
         let slot = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
-        Ok(Admission(slot.map(Box::new)))
+        Ok(Admission {
+            _slot: slot.map(Box::new),
+            grant: token.verified(),
+            end_at_expiry: self.jwt.as_ref().is_some_and(|v| v.end_stream_at_expiry),
+        })
     }
 
     /// May this request read the hub's statistics?
-    pub fn stats(&self, checkpoint: &Checkpoint, facts: &Facts<'_>) -> Result<(), Denied> {
+    pub async fn stats(&self, checkpoint: &Checkpoint, facts: &Facts<'_>) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
-        self.stats.check(facts, self.proxies.client(facts.peer, facts.headers))
+        let client = self.proxies.client(facts.peer, facts.headers);
+        admit(&self.stats, &[], facts, client, &mut self.token_check(facts), Action::Read).await.inspect_err(|d| refused("stats", facts, d))
     }
 
     /// May this request publish to all of `channels`?
-    pub fn publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+    pub async fn publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+        self.decide_publish(checkpoint, channels, facts).await.inspect_err(|d| refused("publish", facts, d))
+    }
+
+    async fn decide_publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
         if let Some(origin) = facts.headers.get(http::header::ORIGIN) {
             let listed = origin.to_str().is_ok_and(|o| self.publish_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
@@ -230,14 +318,15 @@ impl Gate {
         }
         // Behind a trusted proxy on this machine, the proxy's client decides, not the proxy.
         let client = self.proxies.client(facts.peer, facts.headers);
-        for_each_policy(&self.publish, channels, |policy| {
+        let mut token = self.token_check(facts);
+        for (policy, names) in distinct_policies(&self.publish, channels) {
             if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !client.is_loopback() {
                 return Err(Denied::forbidden(
                     "publishing is open to this machine only: configure publish rules (access.publish), or set access.anonymous_publish = \"anyone\"".into(),
                 ));
             }
-            policy.check(facts, client)
-        })?;
+            admit(policy, &names, facts, client, &mut token, Action::Publish).await?;
+        }
         // Counted once admitted: a refused request publishes nothing.
         match &self.publish_rate {
             Some(rate) => rate.check(client, api_key(facts.headers)),
@@ -246,22 +335,57 @@ impl Gate {
     }
 }
 
-/// Runs `check` once for each distinct policy of `channels`.
-fn for_each_policy<S: AsRef<str>>(
-    table: &RuleTable<Arc<Policy>>,
-    channels: &[S],
-    mut check: impl FnMut(&Policy) -> Result<(), Denied>,
+/// Says why a request was refused, for the operator; never with a credential (refusal messages
+/// name what is missing or wrong, not what was sent).
+fn refused(action: &str, facts: &Facts<'_>, denied: &Denied) {
+    tracing::debug!(peer = %facts.peer, action, status = denied.status.as_u16(), reason = %denied.message, "request refused by access control");
+}
+
+/// Checks one policy for the channels it governs. A missing credential is reported before a
+/// wrong one, the token's included.
+async fn admit(
+    policy: &Policy,
+    names: &[&str],
+    facts: &Facts<'_>,
+    client: IpAddr,
+    token: &mut TokenCheck<'_>,
+    action: Action,
 ) -> Result<(), Denied> {
-    let mut seen: Vec<&Arc<Policy>> = Vec::new();
-    for name in channels {
-        let policy = table.resolve(name.as_ref());
-        if seen.iter().any(|p| Arc::ptr_eq(p, policy)) {
-            continue;
+    let rules = policy.check(facts, client);
+    if !policy.jwt {
+        return rules;
+    }
+    if matches!(&rules, Err(d) if d.status == StatusCode::UNAUTHORIZED) {
+        return rules;
+    }
+    let grant = token.grant().await?;
+    rules?;
+    for name in names {
+        let granted = match action {
+            Action::Subscribe => grant.may_subscribe(name),
+            Action::Publish => grant.may_publish(name),
+            Action::Read => true,
+        };
+        if !granted {
+            let verb = if matches!(action, Action::Publish) { "publishing to" } else { "subscribing to" };
+            return Err(Denied::forbidden(format!("the token does not grant {verb} `{name}`")));
         }
-        check(policy)?;
-        seen.push(policy);
     }
     Ok(())
+}
+
+/// Each distinct policy of `channels`, with the channels it governs, in the order first named.
+fn distinct_policies<'t, 'c, S: AsRef<str>>(table: &'t RuleTable<Arc<Policy>>, channels: &'c [S]) -> Vec<(&'t Arc<Policy>, Vec<&'c str>)> {
+    let mut out: Vec<(&Arc<Policy>, Vec<&str>)> = Vec::new();
+    for name in channels {
+        let name = name.as_ref();
+        let policy = table.resolve(name);
+        match out.iter_mut().find(|(p, _)| Arc::ptr_eq(p, policy)) {
+            Some((_, names)) => names.push(name),
+            None => out.push((policy, vec![name])),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -272,29 +396,29 @@ mod tests {
     fn facts(peer: &str, headers: &HeaderMap) -> Facts<'static> {
         // Leaked: the few bytes of a test's header map.
         let headers: &'static HeaderMap = Box::leak(Box::new(headers.clone()));
-        Facts { peer: peer.parse().unwrap(), headers, body: b"" }
+        Facts { peer: peer.parse().unwrap(), headers, body: b"", query: None }
     }
 
-    #[test]
-    fn anonymous_publishing_is_for_loopback_unless_opened() {
+    #[tokio::test]
+    async fn anonymous_publishing_is_for_loopback_unless_opened() {
         let none = HeaderMap::new();
         let gate = Gate::new(&Config::default()).unwrap();
         let cp = Checkpoint::default();
         for peer in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
-            assert!(gate.publish(&cp, &["a"], &facts(peer, &none)).is_ok(), "{peer}");
+            assert!(gate.publish(&cp, &["a"], &facts(peer, &none)).await.is_ok(), "{peer}");
         }
         for peer in ["192.0.2.7", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.7"] {
-            let denied = gate.publish(&cp, &["a"], &facts(peer, &none)).unwrap_err();
+            let denied = gate.publish(&cp, &["a"], &facts(peer, &none)).await.unwrap_err();
             assert_eq!(denied.status, StatusCode::FORBIDDEN, "{peer}");
             assert!(denied.message.contains("anonymous_publish"), "{}", denied.message);
         }
         assert!(cp.decided());
         // Subscribing is open to every address by default.
-        assert!(gate.subscribe(&cp, &["a"], &facts("192.0.2.7", &none)).is_ok());
+        assert!(gate.subscribe(&cp, &["a"], &facts("192.0.2.7", &none)).await.is_ok());
 
         let mut open = Config::default();
         open.access.anonymous_publish = AnonymousPublish::Anyone;
-        assert!(Gate::new(&open).unwrap().publish(&cp, &["a"], &facts("192.0.2.7", &none)).is_ok());
+        assert!(Gate::new(&open).unwrap().publish(&cp, &["a"], &facts("192.0.2.7", &none)).await.is_ok());
 
         // With a publish rule, the network may publish: with the credential.
         let mut keyed = Config::default();
@@ -302,8 +426,8 @@ mod tests {
         let gate = Gate::new(&keyed).unwrap();
         let mut with_key = HeaderMap::new();
         with_key.insert("x-key", "k".parse().unwrap());
-        assert!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &with_key)).is_ok());
-        assert_eq!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &none)).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &with_key)).await.is_ok());
+        assert_eq!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &none)).await.unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

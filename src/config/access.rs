@@ -7,6 +7,8 @@
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +30,183 @@ pub struct AccessConfig {
     /// Event streams one client address may hold open at once (429 beyond); 0: no limit.
     pub max_streams_per_client: usize,
     pub publish_rate: PublishRateConfig,
+    /// How JSON Web Tokens are verified, for every policy with `jwt = true`.
+    pub jwt: JwtConfig,
+}
+
+/// `[access.jwt]`: the keys, algorithms and claims of the tokens that policies with `jwt = true`
+/// accept. The token is read from `Authorization: Bearer`, else from `header`, `cookie` or the
+/// `query` parameter, in that order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// The HMAC secret of HS256/384/512 tokens.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+    /// The environment variable holding the HMAC secret (read at start-up) instead of `secret`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub secret_env: String,
+    /// The secret is written in base64 (as some identity providers hand it out).
+    pub secret_base64: bool,
+    /// A PEM public key (RSA, EC P-256/P-384 or Ed25519) for RS*, PS*, ES* or EdDSA tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// A JSON Web Key Set file; re-read when a token names a key id it does not have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set URL (an identity provider's `jwks_uri`), fetched at start-up and
+    /// every `jwks_refresh`; a token naming an unknown key id fetches it again, at most once a
+    /// minute.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub jwks_url: String,
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// The algorithms accepted; any other (`none` included) is refused.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Accepted `iss` values; empty: not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values; empty: not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    pub claims: JwtClaims,
+    /// A header that carries the bare token (oCIS's proxy sends `X-Access-Token`); empty: none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub header: String,
+    /// A cookie that carries the token (`EventSource` with `withCredentials`); empty: none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cookie: String,
+    /// A query parameter that carries the token (`EventSource` cannot send headers); empty: none.
+    pub query: String,
+    /// A stream opened with a token ends when the token expires, so that the client reconnects
+    /// with a fresh one instead of streaming on forever.
+    pub end_stream_at_expiry: bool,
+}
+
+/// Where a token says what it may do and who it is: a top-level claim's name, or a JSON pointer
+/// (`/mercure/subscribe`, `/user/id/opaque_id`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtClaims {
+    /// Channel patterns the token may subscribe to (a string or a list); empty name: the token
+    /// may subscribe wherever the policy requires it.
+    pub subscribe: String,
+    /// Channel patterns the token may publish to; empty name: no restriction by claim.
+    pub publish: String,
+    /// The user the token speaks for.
+    pub user: String,
+}
+
+impl Default for JwtClaims {
+    fn default() -> Self {
+        JwtClaims { subscribe: "subscribe".into(), publish: "publish".into(), user: "sub".into() }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: String::new(),
+            secret_env: String::new(),
+            secret_base64: false,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: String::new(),
+            jwks_refresh: Duration::from_secs(300),
+            algorithms: vec!["HS256".into()],
+            leeway: Duration::from_secs(5),
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            require_exp: true,
+            claims: JwtClaims::default(),
+            header: String::new(),
+            cookie: String::new(),
+            query: "access_token".into(),
+            end_stream_at_expiry: true,
+        }
+    }
+}
+
+impl JwtConfig {
+    /// Whether any key is configured.
+    pub fn has_keys(&self) -> bool {
+        !self.secret.is_empty()
+            || !self.secret_env.is_empty()
+            || self.public_key_file.is_some()
+            || self.jwks_file.is_some()
+            || !self.jwks_url.is_empty()
+    }
+
+    fn validate(&self, used: bool) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: format!("access.jwt.{key}"), message });
+        if !used {
+            return Ok(());
+        }
+        if !self.has_keys() {
+            return bad(
+                "secret",
+                "a policy has `jwt = true`: configure a key (secret, secret_env, public_key_file, jwks_file or jwks_url)".into(),
+            );
+        }
+        if self.algorithms.is_empty() {
+            return bad("algorithms", "name at least one algorithm, such as \"HS256\" or \"RS256\"".into());
+        }
+        let hmac = !self.secret.is_empty() || !self.secret_env.is_empty();
+        if !self.secret.is_empty() && !self.secret_env.is_empty() {
+            return bad("secret_env", "set `secret` or `secret_env`, not both".into());
+        }
+        let public = self.public_key_file.is_some() || self.jwks_file.is_some() || !self.jwks_url.is_empty();
+        for alg in &self.algorithms {
+            let Some(family) = algorithm_family(alg) else {
+                return bad(
+                    "algorithms",
+                    format!(
+                        "`{alg}` is not an accepted algorithm (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                    ),
+                );
+            };
+            if family == "HS" && !hmac {
+                return bad("algorithms", format!("`{alg}` needs `secret` or `secret_env`"));
+            }
+            if family != "HS" && !public {
+                return bad("algorithms", format!("`{alg}` needs `public_key_file`, `jwks_file` or `jwks_url`"));
+            }
+        }
+        let web = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+        if !self.jwks_url.is_empty() && !web(&self.jwks_url) {
+            return bad("jwks_url", format!("`{}` is not an http:// or https:// URL", super::redact::url(&self.jwks_url)));
+        }
+        if self.jwks_refresh < Duration::from_secs(1) {
+            return bad("jwks_refresh", "must be at least 1s".into());
+        }
+        for (key, name) in
+            [("claims.subscribe", &self.claims.subscribe), ("claims.publish", &self.claims.publish), ("claims.user", &self.claims.user)]
+        {
+            if name.contains('/') && !name.starts_with('/') {
+                return bad(key, format!("`{name}`: a JSON pointer starts with `/` (`/user/id`); a claim name has no `/`"));
+            }
+        }
+        if !self.header.is_empty() && http::HeaderName::from_bytes(self.header.as_bytes()).is_err() {
+            return bad("header", format!("`{}` is not a header name", self.header));
+        }
+        Ok(())
+    }
+}
+
+/// `HS`, `RS` (RS* and PS*), `ES` or `Ed`, for a JWS algorithm name Herald accepts.
+pub fn algorithm_family(alg: &str) -> Option<&'static str> {
+    Some(match alg {
+        "HS256" | "HS384" | "HS512" => "HS",
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => "RS",
+        "ES256" | "ES384" => "ES",
+        "EdDSA" => "Ed",
+        _ => return None,
+    })
 }
 
 /// Publish requests per second per publisher (its API key, else its address); 429 with
@@ -71,6 +250,9 @@ pub struct PolicyConfig {
     /// sends one as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Empty: none needed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<String>,
+    /// A valid JSON Web Token is required (verified as `[access.jwt]` says), and for a channel
+    /// its claims must name the channel.
+    pub jwt: bool,
 }
 
 /// An address or a CIDR: `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`, `::1`.
@@ -149,7 +331,9 @@ pub enum SignatureOn {
 }
 
 impl AccessConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// Validates `[access]`; `channel_jwt` says whether some `[[channels]]` policy wants a token.
+    pub(super) fn validate(&self, channel_jwt: bool) -> Result<(), ConfigError> {
+        self.jwt.validate(channel_jwt || self.subscribe.jwt || self.publish.jwt || self.stats.jwt)?;
         for net in &self.trusted_proxies {
             parse_net(net).map_err(|message| ConfigError::Invalid { key: "access.trusted_proxies".into(), message })?;
         }
@@ -169,6 +353,11 @@ impl AccessConfig {
 }
 
 impl ChannelAccessConfig {
+    /// Whether one of its policies wants a token.
+    pub fn wants_jwt(&self) -> bool {
+        self.subscribe.as_ref().is_some_and(|p| p.jwt) || self.publish.as_ref().is_some_and(|p| p.jwt)
+    }
+
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if let Some(p) = &self.subscribe {
             p.validate(&format!("{key}.subscribe"))?;

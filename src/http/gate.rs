@@ -30,6 +30,8 @@ pub struct Asker {
     pub checkpoint: Checkpoint,
     pub peer: SocketAddr,
     pub headers: HeaderMap,
+    /// The query string (where a token may travel).
+    pub query: Option<String>,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asker {
@@ -39,13 +41,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asker {
         let internal = |what: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: no {what} on the request"));
         let checkpoint = parts.extensions.get::<Checkpoint>().cloned().ok_or_else(|| internal("access checkpoint"))?;
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0).ok_or_else(|| internal("peer address"))?;
-        Ok(Asker { checkpoint, peer, headers: std::mem::take(&mut parts.headers) })
+        let query = parts.uri.query().map(str::to_owned);
+        Ok(Asker { checkpoint, peer, headers: std::mem::take(&mut parts.headers), query })
     }
 }
 
 impl Asker {
     /// The facts for the gate, with the request body a signature covers.
     pub fn facts<'a>(&'a self, body: &'a [u8]) -> Facts<'a> {
-        Facts { peer: self.peer.ip(), headers: &self.headers, body }
+        Facts { peer: self.peer.ip(), headers: &self.headers, body, query: self.query.as_deref() }
     }
 }

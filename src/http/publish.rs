@@ -155,7 +155,7 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
             .map(|(i, (input, draft))| Ok((target.json_channels(i, input)?, draft)))
             .collect::<Result<Vec<_>, ApiError>>()?,
         Format::Text => {
-            let (draft, channels) = parse_text(raw, &bytes)?;
+            let (draft, channels) = parse_text(raw, &bytes, &hub.config().access.jwt.query)?;
             vec![(target.text_channels(channels)?, draft)]
         }
     };
@@ -164,7 +164,7 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     let mut named: Vec<&str> = drafts.iter().flat_map(|(names, _)| names.iter().map(String::as_str)).collect();
     named.sort_unstable();
     named.dedup();
-    state.gate.publish(&asker.checkpoint, &named, &asker.facts(&bytes))?;
+    state.gate.publish(&asker.checkpoint, &named, &asker.facts(&bytes)).await?;
     publish(hub, drafts).await
 }
 
@@ -205,8 +205,9 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
         .collect()
 }
 
-/// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query.
-fn parse_text(raw_query: Option<&str>, bytes: &[u8]) -> Result<(Draft, Vec<String>), ApiError> {
+/// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query,
+/// beside the token's own parameter (`token_param`, for access control).
+fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Result<(Draft, Vec<String>), ApiError> {
     let data = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request(format!("text body is not UTF-8: {e}")))?;
     let mut draft = Draft { data: data.to_owned(), ..Draft::default() };
     let mut channels = Vec::new();
@@ -218,6 +219,7 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8]) -> Result<(Draft, Vec<Strin
                 draft.retry = Some(value.parse().map_err(|_| ApiError::bad_request(format!("retry must be milliseconds, not `{value}`")))?)
             }
             "channel" => channels.push(value.into_owned()),
+            other if other == token_param => {}
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (event, id, retry, channel)"))),
         }
     }

@@ -15,7 +15,7 @@ const MAX_PAGE: usize = 10_000;
 
 /// `GET /stats?limit=&after=`: totals, and one page of channels in name order.
 pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Json<crate::hub::Stats>, ApiError> {
-    state.gate.stats(&asker.checkpoint, &asker.facts(b""))?;
+    state.gate.stats(&asker.checkpoint, &asker.facts(b"")).await?;
     let mut limit = DEFAULT_PAGE;
     let mut after = None;
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {

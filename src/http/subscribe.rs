@@ -69,7 +69,7 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Resp
         )));
     }
     // Before anything is looked up, replayed or streamed.
-    let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b""))?;
+    let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b"")).await?;
     let headers = &asker.headers;
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {
@@ -86,7 +86,11 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Resp
     if let Some(pos) = last_event_id.as_deref().and_then(crate::hub::parse_position) {
         state.hub.caught_up_to(pos, state.hub.config().cluster.catch_up_wait).await;
     }
-    let subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
+    let mut subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
+    if let Some(at) = admission.ends_at() {
+        subscription.end_at(at);
+    }
+    tracing::debug!(peer = %asker.peer, channels = ?q.channels, user = admission.user(), ends_at = admission.ends_at(), "event stream opened");
     // Whoever serves the connection takes the subscription: the socket path from the extension,
     // hyper by polling the body.
     let handoff = Handoff::new(subscription, admission);

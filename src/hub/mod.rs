@@ -6,6 +6,7 @@
 //! subscription to several channels merges them in that one order.
 
 mod channel;
+mod expiry;
 mod floors;
 mod pending;
 pub mod replication;
@@ -82,6 +83,8 @@ pub struct Hub {
     subscriptions: AtomicUsize,
     /// Keep-alive ticks so far (see [`Hub::keepalive_tick`]).
     keepalive_ticks: AtomicU64,
+    /// Streams that end at a given second.
+    expiries: expiry::Expiries,
     /// In cluster mode, the bus every publish goes through.
     bus: std::sync::OnceLock<Arc<dyn Bus>>,
     /// Bumped when this node's history has a discontinuity it cannot number past (a cluster node
@@ -146,6 +149,7 @@ impl Hub {
             unapplied: AtomicU64::new(0),
             subscriptions: AtomicUsize::new(0),
             keepalive_ticks: AtomicU64::new(0),
+            expiries: expiry::Expiries::default(),
             bus: std::sync::OnceLock::new(),
             history_epoch: AtomicU64::new(0),
         };
@@ -595,6 +599,11 @@ impl Hub {
         }
     }
 
+    /// Wakes `waker` once the second `at` (since the Unix epoch) has come.
+    pub(crate) fn wake_at(&self, at: u64, waker: &Arc<futures_util::task::AtomicWaker>) {
+        self.expiries.add(at, waker);
+    }
+
     pub(crate) fn keepalive_ticks(&self) -> u64 {
         self.keepalive_ticks.load(Ordering::Acquire)
     }
@@ -614,6 +623,7 @@ impl Hub {
     /// Background upkeep: expires events past their age, and drops channels that are not
     /// declared, have no subscriber and no history.
     pub fn sweep(&self) {
+        self.expiries.wake_due(unix_now());
         let now = Instant::now();
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
         let mut idle = Vec::new();
@@ -759,4 +769,9 @@ pub struct ChannelStats {
     pub published: u64,
     pub history_len: usize,
     pub history_bytes: usize,
+}
+
+/// Seconds since the Unix epoch: what token expiry times are written in.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

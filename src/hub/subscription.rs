@@ -77,6 +77,8 @@ pub struct Subscription {
     wrote_since_tick: bool,
     /// The lag policy asked to end the stream once the buffer is out.
     ending: bool,
+    /// The second (since the Unix epoch) the stream ends at, its token's expiry; 0: never.
+    ends_at: u64,
     /// The hub's history epoch when the stream opened (see `Hub::begin_history_at`).
     epoch: u64,
     finished: bool,
@@ -131,6 +133,7 @@ impl Subscription {
             tick_seen,
             wrote_since_tick: true,
             ending: false,
+            ends_at: 0,
             epoch,
             finished: false,
             last_pos: 0,
@@ -140,6 +143,13 @@ impl Subscription {
             ping_event: options.ping_event,
             lag_policy: options.lag_policy,
         }
+    }
+
+    /// Ends the stream at the second `at` (since the Unix epoch): the client reconnects, with a
+    /// fresh token, from the last id it got. The hub's upkeep wakes it then.
+    pub fn end_at(&mut self, at: u64) {
+        self.ends_at = at.max(1);
+        self.hub.wake_at(self.ends_at, &self.waker);
     }
 
     /// Copies whatever is ready into `buf`.
@@ -273,7 +283,7 @@ impl Subscription {
         }
         // Register before reading: an event published after the read wakes us.
         self.waker.register(cx.waker());
-        if self.hub.is_closing() {
+        if self.hub.is_closing() || (self.ends_at != 0 && super::unix_now() >= self.ends_at) {
             self.finished = true;
             return Poll::Ready(false);
         }

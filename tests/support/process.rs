@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `herald` run in `dir`, with none of the test's own `HERALD_*` or `RUST_LOG` leaking in.
@@ -23,28 +24,38 @@ pub fn herald(dir: &Path) -> Command {
 pub struct Served {
     pub child: Child,
     pub url: String,
+    /// Every line the server logged.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Served {
     pub fn start(dir: &Path) -> Served {
-        let mut child = herald(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        Self::start_with(dir, &["--log-level", "info"])
+    }
+
+    /// `herald serve` with more arguments (`--config`, `--log-level`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Served {
+        let mut child =
+            herald(dir).args(["serve", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let log = Arc::new(Mutex::new(Vec::new()));
         let addr = loop {
             assert!(Instant::now() < deadline, "server did not report its address");
             let line = lines.next().expect("the server logs until it listens").unwrap();
+            log.lock().unwrap().push(line.clone());
             if let Some(i) = line.find("addr=") {
                 break line[i + 5..].split_whitespace().next().unwrap().to_owned();
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Served { child, url: format!("http://{addr}") }
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Served { child, url: format!("http://{addr}"), log }
     }
 
     pub fn url(&self, path: &str) -> String {
