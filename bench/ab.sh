@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Two herald builds side by side on the workloads the hot path and the store touch: idle memory,
 # fan-out at 50/s and flat out (memory store), and publish-to-receive latency and acknowledged
-# rate with the disk store and fsync = "always". The builds take turns, ROUNDS times; each run
-# is a fresh server pinned to SERVER_CPU with `herald bench` (of the NEW build) on LOAD_CPU.
+# rate with the disk store and fsync = "always". The builds take turns, ROUNDS times, the old one
+# first in odd rounds and the new one first in even rounds (so that a machine that slows down
+# or speeds up over a round favours neither); each run is a fresh server pinned to SERVER_CPU
+# with `herald bench` (of the NEW build) on LOAD_CPU.
 #
 #   bash bench/ab.sh OLD_BINARY NEW_BINARY [results.jsonl]
 #   python3 bench/ab_report.py results.jsonl     # the figures as a table, with ratios
@@ -39,7 +41,9 @@ MEM=(HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000)
 DISK=(HERALD_HISTORY__STORE=disk HERALD_HISTORY__FSYNC=always)
 for round in $(seq "$ROUNDS"); do
     echo "== round $round of $ROUNDS"
-    for b in old new; do
+    order="old new"
+    [ $((round % 2)) -eq 0 ] && order="new old"
+    for b in $order; do
         run $b idle "${MEM[@]}" -- idle --connections 5000 --hold 2s
         run $b "1x1000@50" "${MEM[@]}" -- fanout --subscribers 1000 --channels 1 --rate 50 --duration "$DURATION"
         run $b "1x1000@max1" "${MEM[@]}" -- fanout --subscribers 1000 --channels 1 --publishers 1 --duration "$DURATION"

@@ -4,7 +4,7 @@
 //! and closes `--connections` streams one after another (each waits for the `: connected`
 //! preamble), and reads the server's CPU time from /proc/PID/task/*/schedstat (nanoseconds).
 //!
-//!     cargo build --release && taskset -c 1 cargo run --release --example connect_auth -- 5000
+//!     cargo build --release && taskset -c 1 cargo run --release --example connect_auth -- 5000 [path/to/herald]
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::io::{BufRead, BufReader};
@@ -81,8 +81,11 @@ async fn connect(addr: &str, token: Option<&str>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let n: usize = std::env::args().nth(1).map_or(5000, |a| a.parse().expect("connections"));
-    let herald = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/herald");
-    let herald = std::env::var("HERALD_BIN").map(std::path::PathBuf::from).unwrap_or(herald);
+    // The binary to measure: the second argument, else this build's.
+    let herald = std::env::args().nth(2).map(std::path::PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+        Path::new(&target).join("release/herald")
+    });
     let dir = tempfile::tempdir().unwrap();
     println!("{n} connects, one after another; server on CPU 0 (taskset), one worker");
     println!("{:<28} {:>12} {:>12}", "mode", "us CPU/conn", "vs none");
@@ -98,7 +101,7 @@ async fn main() {
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .spawn()
-            .expect("herald starts (cargo build --release, or set HERALD_BIN)");
+            .expect("herald starts (cargo build --release, or name the binary after the connection count)");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
             let line = lines.next().expect("the server logs its address").unwrap();

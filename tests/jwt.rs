@@ -568,3 +568,28 @@ async fn tokens_never_reach_the_log_even_at_debug_level() {
         }
     }
 }
+
+#[tokio::test]
+async fn each_user_holds_at_most_max_streams_per_user() {
+    let server = TestServer::with(|c| {
+        hmac_config(c);
+        c.access.max_streams_per_user = 2;
+    })
+    .await;
+    let alice = format!("Bearer {}", hs256(&claims()));
+    // Another token of the same user counts for the same user.
+    let alice_again = format!("Bearer {}", hs256(&with(claims(), json!({"jti": "second"}))));
+    let bob = format!("Bearer {}", hs256(&with(claims(), json!({"sub": "bob"}))));
+    let url = server.url("/sse/orders/1");
+    let first = Sse::open_with(&url, &[("authorization", &alice)]).await;
+    let _second = Sse::open_with(&url, &[("authorization", &alice_again)]).await;
+    assert_eq!((first.status.as_u16(), _second.status.as_u16()), (200, 200));
+    let third = ask(&server, "GET", "/sse/orders/1", &[("authorization", &alice)], None).await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(third.body.contains("alice has 2 event streams open") && third.body.contains("max_streams_per_user"), "{}", third.body);
+    assert_eq!(ask(&server, "GET", "/sse/orders/1", &[("authorization", &bob)], None).await.status, 200);
+    // A stream that ends gives its slot back.
+    drop(first);
+    support::eventually(async || ask(&server, "GET", "/sse/orders/1", &[("authorization", &alice)], None).await.status == 200).await;
+    server.shutdown().await;
+}

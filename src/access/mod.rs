@@ -14,6 +14,7 @@ mod client;
 mod headers;
 pub mod jwt;
 pub mod keys;
+mod postgres;
 mod rate;
 mod streams;
 
@@ -38,6 +39,8 @@ pub struct Facts<'a> {
     pub body: &'a [u8],
     /// The query string, where a token may travel.
     pub query: Option<&'a str>,
+    /// The user and token the path of the token route named (`access.postgres.route`).
+    pub path_credential: Option<(&'a str, &'a str)>,
 }
 
 /// A refusal: 401 when a credential is missing, 403 when one is present but not accepted.
@@ -78,22 +81,28 @@ impl Denied {
 /// What an admitted stream holds until it ends: its slot under `max_streams_per_client`
 /// (boxed, and absent when there is no limit, so an idle stream carries one pointer for it) and
 /// what its token granted.
-pub struct Admission {
-    _slot: Option<Box<streams::StreamSlot>>,
-    grant: Option<Arc<jwt::Grant>>,
-    end_at_expiry: bool,
+/// Boxed, and absent for an anonymous stream under no stream limit, so that an idle stream
+/// carries one pointer for it.
+pub struct Admission(Option<Box<Held>>);
+
+/// What an admitted stream holds: its slots under the stream limits, and who it is.
+struct Held {
+    _client: Option<streams::StreamSlot<IpAddr>>,
+    _user: Option<streams::StreamSlot<Arc<str>>>,
+    user: Option<Arc<str>>,
+    ends_at: Option<u64>,
 }
 
 impl Admission {
-    /// Who the stream's token speaks for.
+    /// Who the stream's credential speaks for (a token's user claim, the token route's user).
     pub fn user(&self) -> Option<&str> {
-        self.grant.as_ref().and_then(|g| g.user.as_deref())
+        self.0.as_ref().and_then(|h| h.user.as_deref())
     }
 
     /// When the stream must end (once its token is no longer accepted: `exp` plus the leeway, in
     /// seconds since the Unix epoch), if it must.
     pub fn ends_at(&self) -> Option<u64> {
-        self.grant.as_ref().filter(|_| self.end_at_expiry).and_then(|g| g.expires)
+        self.0.as_ref().and_then(|h| h.ends_at)
     }
 }
 
@@ -122,6 +131,8 @@ struct Policy {
     keys: ApiKeys,
     /// A valid token is required, whose claims grant the channel.
     jwt: bool,
+    /// A user and token that the token database accepts are required.
+    postgres: bool,
 }
 
 impl Policy {
@@ -137,12 +148,12 @@ impl Policy {
         // Validated with the configuration: these parse.
         let allow_from = config.allow_from.iter().filter_map(|n| parse_net(n).ok()).collect();
         let keys = ApiKeys::new(config.api_keys.iter().filter_map(|h| keys::parse_hash(h).ok()).collect());
-        Ok(Arc::new(Policy { checks, allow_from, keys, jwt: config.jwt }))
+        Ok(Arc::new(Policy { checks, allow_from, keys, jwt: config.jwt, postgres: config.postgres }))
     }
 
     /// A policy without rules lets anyone in (for publishing, within `anonymous_publish`).
     fn is_open(&self) -> bool {
-        self.checks.is_empty() && self.allow_from.is_empty() && self.keys.is_empty() && !self.jwt
+        self.checks.is_empty() && self.allow_from.is_empty() && self.keys.is_empty() && !self.jwt && !self.postgres
     }
 
     fn check(&self, facts: &Facts<'_>, client: IpAddr) -> Result<(), Denied> {
@@ -187,9 +198,13 @@ pub struct Gate {
     stats: Arc<Policy>,
     publish_origins: Vec<String>,
     anonymous_publish: AnonymousPublish,
-    streams: Option<Arc<streams::StreamLimit>>,
+    streams: Option<Arc<streams::StreamLimit<IpAddr>>>,
+    user_streams: Option<Arc<streams::StreamLimit<Arc<str>>>>,
     publish_rate: Option<rate::PublishRate>,
     jwt: Option<jwt::Verifier>,
+    postgres: Option<postgres::TokenStore>,
+    /// Where the token route is, for the 401 that asks for it.
+    token_route: String,
 }
 
 /// What a policy with `jwt = true` checks a channel's name against.
@@ -201,14 +216,39 @@ enum Action {
     Read,
 }
 
-/// One request's token, verified at most once however many policies want it.
+/// One request's credentials, each checked at most once however many policies want it.
 struct TokenCheck<'a> {
     verifier: Option<&'a jwt::Verifier>,
+    store: Option<&'a postgres::TokenStore>,
+    token_route: &'a str,
     facts: &'a Facts<'a>,
     result: Option<Result<Arc<jwt::Grant>, Denied>>,
+    stored: Option<Result<(), Denied>>,
 }
 
 impl TokenCheck<'_> {
+    /// The user and token of the path, if the token database accepts them.
+    async fn stored(&mut self) -> Result<(), Denied> {
+        if let Some(done) = &self.stored {
+            return done.clone();
+        }
+        let result = match (self.store, self.facts.path_credential) {
+            (None, _) => Err(Denied::forbidden("no token database is configured (access.postgres)".into())),
+            (Some(_), None) => Err(Denied::missing(format!("send the user and the token in the path: {}", self.token_route), false)),
+            (Some(store), Some((user, token))) => store.check(user, token).await,
+        };
+        self.stored = Some(result.clone());
+        result
+    }
+
+    /// The user the credentials that passed speak for.
+    fn user(&self) -> Option<Arc<str>> {
+        if let Some(Ok(())) = &self.stored {
+            return self.facts.path_credential.map(|(user, _)| user.into());
+        }
+        self.verified().and_then(|g| g.user.as_deref().map(Arc::from))
+    }
+
     async fn grant(&mut self) -> Result<Arc<jwt::Grant>, Denied> {
         if let Some(done) = &self.result {
             return done.clone();
@@ -262,13 +302,25 @@ impl Gate {
                 let burst = std::num::NonZeroU32::new(config.access.publish_rate.burst).unwrap_or(per_second);
                 rate::PublishRate::new(per_second, burst)
             }),
-            streams: (config.access.max_streams_per_client > 0).then(|| streams::StreamLimit::new(config.access.max_streams_per_client)),
+            streams: (config.access.max_streams_per_client > 0)
+                .then(|| streams::StreamLimit::new(config.access.max_streams_per_client, ("one address", "access.max_streams_per_client"))),
+            user_streams: (config.access.max_streams_per_user > 0)
+                .then(|| streams::StreamLimit::new(config.access.max_streams_per_user, ("one user", "access.max_streams_per_user"))),
             jwt: config.access.jwt.has_keys().then(|| jwt::Verifier::new(&config.access.jwt)).transpose()?,
+            postgres: (!config.access.postgres.dsn.is_empty()).then(|| postgres::TokenStore::new(&config.access.postgres)).transpose()?,
+            token_route: config.access.postgres.route.clone(),
         })
     }
 
     fn token_check<'a>(&'a self, facts: &'a Facts<'a>) -> TokenCheck<'a> {
-        TokenCheck { verifier: self.jwt.as_ref(), facts, result: None }
+        TokenCheck {
+            verifier: self.jwt.as_ref(),
+            store: self.postgres.as_ref(),
+            token_route: &self.token_route,
+            facts,
+            result: None,
+            stored: None,
+        }
     }
 
     /// May this request subscribe to all of `channels`? The admission is held by the stream.
@@ -288,12 +340,16 @@ impl Gate {
         for (policy, names) in distinct_policies(&self.subscribe, channels) {
             admit(policy, &names, facts, client, &mut token, Action::Subscribe).await?;
         }
-        let slot = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
-        Ok(Admission {
-            _slot: slot.map(Box::new),
-            grant: token.verified(),
-            end_at_expiry: self.jwt.as_ref().is_some_and(|v| v.end_stream_at_expiry),
-        })
+        let user = token.user();
+        let by_client = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
+        let by_user = match (&self.user_streams, &user) {
+            (Some(limit), Some(user)) => Some(limit.acquire(user.clone())?),
+            _ => None,
+        };
+        let end_at_expiry = self.jwt.as_ref().is_some_and(|v| v.end_stream_at_expiry);
+        let ends_at = token.verified().and_then(|g| g.expires).filter(|_| end_at_expiry);
+        let anything = by_client.is_some() || by_user.is_some() || user.is_some() || ends_at.is_some();
+        Ok(Admission(anything.then(|| Box::new(Held { _client: by_client, _user: by_user, user, ends_at }))))
     }
 
     /// May this request read the hub's statistics?
@@ -352,10 +408,13 @@ async fn admit(
     action: Action,
 ) -> Result<(), Denied> {
     let rules = policy.check(facts, client);
-    if !policy.jwt {
+    if matches!(&rules, Err(d) if d.status == StatusCode::UNAUTHORIZED) {
         return rules;
     }
-    if matches!(&rules, Err(d) if d.status == StatusCode::UNAUTHORIZED) {
+    if policy.postgres {
+        token.stored().await?;
+    }
+    if !policy.jwt {
         return rules;
     }
     let grant = token.grant().await?;
@@ -396,7 +455,7 @@ mod tests {
     fn facts(peer: &str, headers: &HeaderMap) -> Facts<'static> {
         // Leaked: the few bytes of a test's header map.
         let headers: &'static HeaderMap = Box::leak(Box::new(headers.clone()));
-        Facts { peer: peer.parse().unwrap(), headers, body: b"", query: None }
+        Facts { peer: peer.parse().unwrap(), headers, body: b"", query: None, path_credential: None }
     }
 
     #[tokio::test]

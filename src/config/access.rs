@@ -29,9 +29,142 @@ pub struct AccessConfig {
     pub trusted_proxies: Vec<String>,
     /// Event streams one client address may hold open at once (429 beyond); 0: no limit.
     pub max_streams_per_client: usize,
+    /// Event streams one user (as a token or the token route names it) may hold open at once
+    /// (429 beyond); 0: no limit.
+    pub max_streams_per_user: usize,
     pub publish_rate: PublishRateConfig,
     /// How JSON Web Tokens are verified, for every policy with `jwt = true`.
     pub jwt: JwtConfig,
+    /// Tokens kept in PostgreSQL, for every policy with `postgres = true`.
+    pub postgres: PostgresConfig,
+}
+
+/// `[access.postgres]`: a user's token is valid when `query` returns a row for it (the Go
+/// RabbitMQ server's model). The user and the token come from the path of the `route`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/database?sslmode=require` (or key=value pairs).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dsn: String,
+    /// Run with the user as `$1` and the token as `$2`; a row means yes.
+    pub query: String,
+    /// Database connections kept open at most.
+    pub pool_size: usize,
+    /// How long connecting and running the query may take before the answer is 503.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a yes is remembered; `0s`: the database is asked every time. A no never is.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// CA certificates (PEM) the server's certificate must chain to; default: the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for servers that ask for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// Encrypt but do not check the server's certificate (libpq's `sslmode=require`). Without
+    /// it, Herald checks the certificate whenever TLS is used.
+    pub tls_insecure: bool,
+    /// The subscription route whose path names the channel, the user and the token; empty: none.
+    pub route: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            dsn: String::new(),
+            query: "SELECT 1 FROM users WHERE uuid = $1 AND sse_token = $2".into(),
+            pool_size: 8,
+            timeout: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(30),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            tls_insecure: false,
+            route: "/subscribe/{channel}/{user}/{token}".into(),
+        }
+    }
+}
+
+/// Paths Herald's own routes take: a token route may not start with them.
+const RESERVED_PATHS: &[&str] = &["/sse", "/publish", "/stats", "/healthz"];
+
+impl PostgresConfig {
+    fn validate(&self, used: bool) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: format!("access.postgres.{key}"), message });
+        if !used {
+            return Ok(());
+        }
+        if self.dsn.is_empty() {
+            return bad("dsn", "a policy has `postgres = true`: set the database, such as postgres://herald@127.0.0.1/app".into());
+        }
+        if let Err(e) = self.dsn.parse::<tokio_postgres::Config>() {
+            return bad("dsn", format!("`{}` is not a PostgreSQL connection string: {e}", super::redact::url(&self.dsn)));
+        }
+        if !self.query.contains("$1") || !self.query.contains("$2") {
+            return bad("query", "must use $1 (the user) and $2 (the token)".into());
+        }
+        if self.pool_size == 0 {
+            return bad("pool_size", "must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be more than 0s".into());
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return bad("client_key_file", "set client_cert_file and client_key_file together".into());
+        }
+        if !self.route.is_empty() {
+            route_segments(&self.route).map_err(|message| ConfigError::Invalid { key: "access.postgres.route".into(), message })?;
+        }
+        Ok(())
+    }
+}
+
+/// One segment of a token route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSegment {
+    Literal(String),
+    Channel,
+    User,
+    Token,
+}
+
+/// Parses a route such as `/subscribe/{channel}/{user}/{token}`: literal segments and each of
+/// the three placeholders once, as whole segments.
+pub fn route_segments(route: &str) -> Result<Vec<RouteSegment>, String> {
+    let Some(rest) = route.strip_prefix('/') else {
+        return Err(format!("`{route}` must start with `/`"));
+    };
+    let mut out = Vec::new();
+    for seg in rest.split('/') {
+        out.push(match seg {
+            "{channel}" => RouteSegment::Channel,
+            "{user}" => RouteSegment::User,
+            "{token}" => RouteSegment::Token,
+            "" => return Err(format!("`{route}` has an empty segment")),
+            s if s.contains(['{', '}', '*']) => {
+                return Err(format!("`{s}`: placeholders are {{channel}}, {{user}} and {{token}}, each a whole segment"));
+            }
+            s => RouteSegment::Literal(s.to_owned()),
+        });
+    }
+    for p in [RouteSegment::Channel, RouteSegment::User, RouteSegment::Token] {
+        if out.iter().filter(|s| **s == p).count() != 1 {
+            return Err(format!("`{route}` must hold {{channel}}, {{user}} and {{token}} once each"));
+        }
+    }
+    if let Some(RouteSegment::Literal(first)) = out.first() {
+        let first = format!("/{first}");
+        if RESERVED_PATHS.contains(&first.as_str()) {
+            return Err(format!("`{route}`: {first} is one of Herald's own routes"));
+        }
+    } else {
+        return Err(format!("`{route}` must start with a literal segment, such as /subscribe"));
+    }
+    Ok(out)
 }
 
 /// `[access.jwt]`: the keys, algorithms and claims of the tokens that policies with `jwt = true`
@@ -253,6 +386,9 @@ pub struct PolicyConfig {
     /// A valid JSON Web Token is required (verified as `[access.jwt]` says), and for a channel
     /// its claims must name the channel.
     pub jwt: bool,
+    /// A user and token that `[access.postgres]` accepts are required (sent in the path of its
+    /// `route`).
+    pub postgres: bool,
 }
 
 /// An address or a CIDR: `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`, `::1`.
@@ -331,9 +467,18 @@ pub enum SignatureOn {
 }
 
 impl AccessConfig {
-    /// Validates `[access]`; `channel_jwt` says whether some `[[channels]]` policy wants a token.
-    pub(super) fn validate(&self, channel_jwt: bool) -> Result<(), ConfigError> {
-        self.jwt.validate(channel_jwt || self.subscribe.jwt || self.publish.jwt || self.stats.jwt)?;
+    /// Validates `[access]`, beside the `[[channels]]` entries' own policies.
+    pub(super) fn validate<'a>(&self, channels: impl Iterator<Item = &'a ChannelAccessConfig> + Clone) -> Result<(), ConfigError> {
+        let globals = [&self.subscribe, &self.publish, &self.stats];
+        let policies = globals.into_iter().chain(channels.flat_map(|c| c.subscribe.iter().chain(c.publish.iter())));
+        self.jwt.validate(policies.clone().any(|p| p.jwt))?;
+        self.postgres.validate(!self.postgres.dsn.is_empty() || policies.clone().any(|p| p.postgres))?;
+        if policies.clone().any(|p| p.postgres && p.jwt) {
+            return Err(ConfigError::Invalid {
+                key: "access".into(),
+                message: "a policy has both `jwt = true` and `postgres = true`: a request carries one token, so choose one".into(),
+            });
+        }
         for net in &self.trusted_proxies {
             parse_net(net).map_err(|message| ConfigError::Invalid { key: "access.trusted_proxies".into(), message })?;
         }
@@ -353,11 +498,6 @@ impl AccessConfig {
 }
 
 impl ChannelAccessConfig {
-    /// Whether one of its policies wants a token.
-    pub fn wants_jwt(&self) -> bool {
-        self.subscribe.as_ref().is_some_and(|p| p.jwt) || self.publish.as_ref().is_some_and(|p| p.jwt)
-    }
-
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if let Some(p) = &self.subscribe {
             p.validate(&format!("{key}.subscribe"))?;

@@ -354,7 +354,7 @@ impl Config {
             return bad("keepalive_interval", "must be 0s (off) or at least 10ms".into());
         }
         self.cors.validate("cors")?;
-        self.access.validate(self.channels.iter().any(|c| c.access.as_ref().is_some_and(ChannelAccessConfig::wants_jwt)))?;
+        self.access.validate(self.channels.iter().filter_map(|c| c.access.as_ref()))?;
         let declared = self.channels.iter().filter(|c| !pattern::is_pattern(&c.pattern)).count();
         if declared > self.max_channels {
             return bad("channels", format!("declares {declared} channels but max_channels is {}", self.max_channels));

@@ -16,12 +16,14 @@ use std::net::SocketAddr;
 pub async fn layer(mut req: Request, next: Next) -> Response {
     let checkpoint = Checkpoint::default();
     req.extensions_mut().insert(checkpoint.clone());
-    let (method, uri) = (req.method().clone(), req.uri().clone());
+    // The route, not the path: a token route's path holds the token.
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "(no route)".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().clone();
     let resp = next.run(req).await;
     if checkpoint.decided() || !(resp.status().is_success() || resp.status().is_redirection()) {
         return resp;
     }
-    tracing::error!(%method, path = uri.path(), "answer withheld: its route made no access decision (a bug: every handler must ask the gate)");
+    tracing::error!(%method, route, "answer withheld: its route made no access decision (a bug: every handler must ask the gate)");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: this route made no access decision").into_response()
 }
 
@@ -49,6 +51,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Asker {
 impl Asker {
     /// The facts for the gate, with the request body a signature covers.
     pub fn facts<'a>(&'a self, body: &'a [u8]) -> Facts<'a> {
-        Facts { peer: self.peer.ip(), headers: &self.headers, body, query: self.query.as_deref() }
+        Facts { peer: self.peer.ip(), headers: &self.headers, body, query: self.query.as_deref(), path_credential: None }
     }
 }

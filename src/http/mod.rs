@@ -34,8 +34,15 @@ pub struct AppState {
 pub fn router(hub: Arc<Hub>) -> Result<Router, ConfigError> {
     let cors = Arc::new(cors::rules(hub.config()));
     let gate = Arc::new(Gate::new(hub.config())?);
+    let token_route = (!hub.config().access.postgres.dsn.is_empty() && !hub.config().access.postgres.route.is_empty())
+        .then(|| hub.config().access.postgres.route.clone());
     let state = AppState { hub, cors, gate };
-    let router = Router::new()
+    let mut router = Router::new();
+    if let Some(route) = token_route {
+        // Validated: literal segments and {channel}, {user}, {token}, which is axum's syntax too.
+        router = router.route(&route, get(subscribe::by_token_route));
+    }
+    let router = router
         .route("/sse", get(subscribe::by_query))
         .route("/sse/{*channel}", get(subscribe::by_path).post(publish::to_path))
         .route("/publish", post(publish::to_body))

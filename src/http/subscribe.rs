@@ -49,7 +49,23 @@ pub async fn by_path(
 ) -> Result<Response, ApiError> {
     let mut q = parse_query(raw.as_deref())?;
     q.channels = vec![channel];
-    open(&state, q, &asker).await
+    open(&state, q, &asker, None).await
+}
+
+/// The token route (`access.postgres.route`, `/subscribe/{channel}/{user}/{token}` by default):
+/// the path names the channel, and the user and token that the token database checks.
+pub async fn by_token_route(
+    State(state): State<AppState>,
+    Path(segments): Path<std::collections::HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
+    asker: Asker,
+) -> Result<Response, ApiError> {
+    let mut q = parse_query(raw.as_deref())?;
+    let (Some(channel), Some(user), Some(token)) = (segments.get("channel"), segments.get("user"), segments.get("token")) else {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the token route lacks a placeholder"));
+    };
+    q.channels = vec![channel.clone()];
+    open(&state, q, &asker, Some((user, token))).await
 }
 
 pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Response, ApiError> {
@@ -57,10 +73,10 @@ pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, as
     if q.channels.is_empty() {
         return Err(ApiError::bad_request("name at least one channel: /sse/{channel} or /sse?channel=a&channel=b"));
     }
-    open(&state, q, &asker).await
+    open(&state, q, &asker, None).await
 }
 
-async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Response, ApiError> {
+async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credential: Option<(&str, &str)>) -> Result<Response, ApiError> {
     let limit = state.hub.config().max_channels_per_connection;
     if q.channels.len() > limit {
         return Err(ApiError::bad_request(format!(
@@ -69,7 +85,8 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker) -> Result<Resp
         )));
     }
     // Before anything is looked up, replayed or streamed.
-    let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &asker.facts(b"")).await?;
+    let facts = crate::access::Facts { path_credential, ..asker.facts(b"") };
+    let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &facts).await?;
     let headers = &asker.headers;
     // The header is what a reconnecting EventSource sends; it is newer than any id in the URL.
     let last_event_id = match headers.get("last-event-id") {
