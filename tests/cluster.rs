@@ -676,3 +676,35 @@ on_both_buses! {
     history_loaded_from_the_bus_keeps_its_age: "aged",
     an_event_a_node_cannot_apply_is_counted_and_shown: "unapplied",
 }
+
+/// An event addressed to a user, published on one node, reaches that user's stream on another
+/// node, and no other user's.
+#[tokio::test]
+async fn redis_an_event_for_a_user_reaches_the_users_stream_on_every_node() {
+    let bus = redis_bus("users").await;
+    let secret = "cluster-users-secret";
+    let make = |bus: &Bus| {
+        let bus = bus.clone();
+        TestServer::with(move |c| {
+            c.cluster.bus = bus.url;
+            c.cluster.stream = bus.stream;
+            c.access.subscribe.jwt = true;
+            c.access.jwt.secret = secret.into();
+        })
+    };
+    let (a, b) = (make(&bus).await, make(&bus).await);
+    let token = |user: &str| {
+        let claims = json!({"sub": user, "exp": herald::hub::unix_now() + 600});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let mut grace = Sse::open_with(&b.url("/sse"), &[("authorization", &format!("Bearer {}", token("grace")))]).await;
+    let mut heidi = Sse::open_with(&b.url("/sse"), &[("authorization", &format!("Bearer {}", token("heidi")))]).await;
+    assert_eq!((grace.status.as_u16(), heidi.status.as_u16()), (200, 200));
+    support::eventually(async || b.stats().await["totals"]["subscriptions"].as_u64() == Some(2)).await;
+    let resp = http().post(a.url("/publish")).json(&json!({"users": ["grace"], "data": "from a"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(grace.data(1).await, ["from a"]);
+    heidi.expect_no_event(Duration::from_millis(300)).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -72,6 +72,12 @@ async fn the_token_route_lets_in_only_users_whose_token_the_database_holds() {
     support::subscribers(&server, "orders", 1).await;
     server.publish_data("orders", "shipped").await;
     assert_eq!(stream.data(1).await, ["shipped"]);
+    // The Go server's topic + user: an event of the channel for one user reaches only that user.
+    for (user, data) in [("user-1", "not for user-2"), ("user-2", "for user-2")] {
+        let resp = http().post(server.url("/sse/orders")).json(&serde_json::json!({"users": [user], "data": data})).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(stream.data(1).await, ["for user-2"]);
 
     for (path, code, why) in [
         ("/subscribe/orders/user-1/nonce-2", 403, "not valid"),

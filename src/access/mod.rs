@@ -340,6 +340,27 @@ impl Gate {
         for (policy, names) in distinct_policies(&self.subscribe, channels) {
             admit(policy, &names, facts, client, &mut token, Action::Subscribe).await?;
         }
+        if channels.is_empty() {
+            // A user's own stream: the global policy, and a credential that names the user.
+            admit(self.subscribe.default(), &[], facts, client, &mut token, Action::Subscribe).await?;
+            if token.user().is_none() {
+                if self.jwt.is_none() {
+                    return Err(Denied {
+                        status: StatusCode::BAD_REQUEST,
+                        message:
+                            "name at least one channel: /sse/{channel} or /sse?channel=a&channel=b (a user's own stream needs [access.jwt])"
+                                .into(),
+                        bearer: false,
+                        retry_after: None,
+                    });
+                }
+                if token.grant().await?.user.is_none() {
+                    return Err(Denied::forbidden(
+                        "the token names no user (access.jwt.claims.user), so it has no stream of its own".into(),
+                    ));
+                }
+            }
+        }
         let user = token.user();
         let by_client = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
         let by_user = match (&self.user_streams, &user) {
@@ -359,12 +380,25 @@ impl Gate {
         admit(&self.stats, &[], facts, client, &mut self.token_check(facts), Action::Read).await.inspect_err(|d| refused("stats", facts, d))
     }
 
-    /// May this request publish to all of `channels`?
-    pub async fn publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
-        self.decide_publish(checkpoint, channels, facts).await.inspect_err(|d| refused("publish", facts, d))
+    /// May this request publish to all of `channels`, and (`to_users`) address events to users?
+    /// Addressing users is held to the global publish policy.
+    pub async fn publish<S: AsRef<str>>(
+        &self,
+        checkpoint: &Checkpoint,
+        channels: &[S],
+        to_users: bool,
+        facts: &Facts<'_>,
+    ) -> Result<(), Denied> {
+        self.decide_publish(checkpoint, channels, to_users, facts).await.inspect_err(|d| refused("publish", facts, d))
     }
 
-    async fn decide_publish<S: AsRef<str>>(&self, checkpoint: &Checkpoint, channels: &[S], facts: &Facts<'_>) -> Result<(), Denied> {
+    async fn decide_publish<S: AsRef<str>>(
+        &self,
+        checkpoint: &Checkpoint,
+        channels: &[S],
+        to_users: bool,
+        facts: &Facts<'_>,
+    ) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
         if let Some(origin) = facts.headers.get(http::header::ORIGIN) {
             let listed = origin.to_str().is_ok_and(|o| self.publish_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
@@ -375,7 +409,11 @@ impl Gate {
         // Behind a trusted proxy on this machine, the proxy's client decides, not the proxy.
         let client = self.proxies.client(facts.peer, facts.headers);
         let mut token = self.token_check(facts);
-        for (policy, names) in distinct_policies(&self.publish, channels) {
+        let mut policies = distinct_policies(&self.publish, channels);
+        if to_users && !policies.iter().any(|(p, _)| Arc::ptr_eq(p, self.publish.default())) {
+            policies.push((self.publish.default(), Vec::new()));
+        }
+        for (policy, names) in policies {
             if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !client.is_loopback() {
                 return Err(Denied::forbidden(
                     "publishing is open to this machine only: configure publish rules (access.publish), or set access.anonymous_publish = \"anyone\"".into(),
@@ -464,10 +502,10 @@ mod tests {
         let gate = Gate::new(&Config::default()).unwrap();
         let cp = Checkpoint::default();
         for peer in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
-            assert!(gate.publish(&cp, &["a"], &facts(peer, &none)).await.is_ok(), "{peer}");
+            assert!(gate.publish(&cp, &["a"], false, &facts(peer, &none)).await.is_ok(), "{peer}");
         }
         for peer in ["192.0.2.7", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.7"] {
-            let denied = gate.publish(&cp, &["a"], &facts(peer, &none)).await.unwrap_err();
+            let denied = gate.publish(&cp, &["a"], false, &facts(peer, &none)).await.unwrap_err();
             assert_eq!(denied.status, StatusCode::FORBIDDEN, "{peer}");
             assert!(denied.message.contains("anonymous_publish"), "{}", denied.message);
         }
@@ -477,7 +515,7 @@ mod tests {
 
         let mut open = Config::default();
         open.access.anonymous_publish = AnonymousPublish::Anyone;
-        assert!(Gate::new(&open).unwrap().publish(&cp, &["a"], &facts("192.0.2.7", &none)).await.is_ok());
+        assert!(Gate::new(&open).unwrap().publish(&cp, &["a"], false, &facts("192.0.2.7", &none)).await.is_ok());
 
         // With a publish rule, the network may publish: with the credential.
         let mut keyed = Config::default();
@@ -485,8 +523,8 @@ mod tests {
         let gate = Gate::new(&keyed).unwrap();
         let mut with_key = HeaderMap::new();
         with_key.insert("x-key", "k".parse().unwrap());
-        assert!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &with_key)).await.is_ok());
-        assert_eq!(gate.publish(&cp, &["a"], &facts("192.0.2.7", &none)).await.unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert!(gate.publish(&cp, &["a"], false, &facts("192.0.2.7", &with_key)).await.is_ok());
+        assert_eq!(gate.publish(&cp, &["a"], false, &facts("192.0.2.7", &none)).await.unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]

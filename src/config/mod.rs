@@ -91,6 +91,8 @@ pub struct Limits {
     /// Most channels one request (a publish or a subscription) may create: past it, the request
     /// is refused with 400 and creates none.
     pub max_new_channels_per_request: usize,
+    /// Most users one event may be addressed to (`"users": [...]`).
+    pub max_users_per_event: usize,
     /// Most bytes a subscriber writes in one go when catching up: the coalescing unit, and the
     /// bound on what one connection holds beyond the shared history.
     pub write_batch: ByteSize,
@@ -249,6 +251,7 @@ impl Default for Limits {
             max_event_size: ByteSize::kib(256),
             max_batch_events: 1000,
             max_new_channels_per_request: 128,
+            max_users_per_event: 1000,
             write_batch: ByteSize::kib(64),
             body_read_timeout: Duration::from_secs(30),
         }
@@ -343,6 +346,9 @@ impl Config {
         }
         if self.limits.body_read_timeout < Duration::from_millis(10) {
             return bad("limits.body_read_timeout", "must be at least 10ms".into());
+        }
+        if self.limits.max_users_per_event == 0 {
+            return bad("limits.max_users_per_event", "must be at least 1".into());
         }
         if self.limits.max_new_channels_per_request == 0 {
             return bad("limits.max_new_channels_per_request", "must be at least 1".into());

@@ -60,7 +60,7 @@ impl From<crate::access::Denied> for ApiError {
 impl From<ChannelError> for ApiError {
     fn from(e: ChannelError) -> Self {
         let status = match e {
-            ChannelError::Invalid { .. } | ChannelError::TooManyNew { .. } => StatusCode::BAD_REQUEST,
+            ChannelError::Invalid { .. } | ChannelError::TooManyNew { .. } | ChannelError::User(_) => StatusCode::BAD_REQUEST,
             ChannelError::NotFound(_) => StatusCode::NOT_FOUND,
             ChannelError::Limit(_) | ChannelError::Closing => StatusCode::SERVICE_UNAVAILABLE,
         };

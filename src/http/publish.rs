@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::gate::Asker;
 use crate::event::Draft;
-use crate::hub::{Hub, Publication};
+use crate::hub::{Hub, Publication, users};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -38,6 +38,10 @@ struct EventInput {
     /// ssehub's name for the channel; on `POST /sse/{channel}` the URL wins, as in ssehub.
     #[serde(default)]
     path: Option<String>,
+    /// The users the event is addressed to: it reaches only their streams (of its channels, or
+    /// all of their streams when it names no channel).
+    #[serde(default)]
+    users: Option<Vec<String>>,
 }
 
 #[derive(serde::Serialize)]
@@ -95,30 +99,43 @@ enum Target {
     Body,
 }
 
+/// Where an event goes: its channels, and the users it is addressed to (none: everyone).
+struct Destination {
+    channels: Vec<String>,
+    users: Vec<String>,
+}
+
 impl Target {
-    fn json_channels(&self, i: usize, input: EventInput) -> Result<Vec<String>, ApiError> {
-        match self {
+    fn json_destination(&self, i: usize, input: EventInput) -> Result<Destination, ApiError> {
+        let users = input.users.unwrap_or_default();
+        let channels = match self {
             Target::Path(channel) => {
                 if input.channel.is_some() || input.channels.is_some() {
                     return Err(at(i, "the channel comes from the URL here; name channels in the body with POST /publish".into()));
                 }
-                Ok(vec![channel.clone()])
+                vec![channel.clone()]
             }
             Target::Body => match (input.channel, input.channels, input.path) {
-                (Some(c), None, _) | (None, None, Some(c)) => Ok(vec![c]),
-                (None, Some(cs), _) if !cs.is_empty() => Ok(cs),
-                (Some(_), Some(_), _) => Err(at(i, "name either `channel` or `channels`, not both".into())),
-                _ => Err(at(i, "name the event's `channel` (or `channels`)".into())),
+                (Some(c), None, _) | (None, None, Some(c)) => vec![c],
+                (None, Some(cs), _) if !cs.is_empty() => cs,
+                (Some(_), Some(_), _) => return Err(at(i, "name either `channel` or `channels`, not both".into())),
+                // Addressed to users alone: their own streams.
+                (None, None, None) if !users.is_empty() => Vec::new(),
+                _ => return Err(at(i, "name the event's `channel` (or `channels`), or the `users` it is for".into())),
             },
-        }
+        };
+        Ok(Destination { channels, users })
     }
 
-    fn text_channels(&self, from_query: Vec<String>) -> Result<Vec<String>, ApiError> {
-        match self {
-            Target::Path(channel) => Ok(vec![channel.clone()]),
-            Target::Body if from_query.is_empty() => Err(ApiError::bad_request("name the channel with ?channel= (repeat it for several)")),
-            Target::Body => Ok(from_query),
-        }
+    fn text_destination(&self, from_query: Vec<String>, users: Vec<String>) -> Result<Destination, ApiError> {
+        let channels = match self {
+            Target::Path(channel) => vec![channel.clone()],
+            Target::Body if from_query.is_empty() && users.is_empty() => {
+                return Err(ApiError::bad_request("name the channel with ?channel= (repeat it for several), or the users with ?user="));
+            }
+            Target::Body => from_query,
+        };
+        Ok(Destination { channels, users })
     }
 }
 
@@ -152,19 +169,20 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
         Format::Json => parse_json(hub, &bytes)?
             .into_iter()
             .enumerate()
-            .map(|(i, (input, draft))| Ok((target.json_channels(i, input)?, draft)))
+            .map(|(i, (input, draft))| Ok((target.json_destination(i, input)?, draft)))
             .collect::<Result<Vec<_>, ApiError>>()?,
         Format::Text => {
-            let (draft, channels) = parse_text(raw, &bytes, &hub.config().access.jwt.query)?;
-            vec![(target.text_channels(channels)?, draft)]
+            let (draft, channels, users) = parse_text(raw, &bytes, &hub.config().access.jwt.query)?;
+            vec![(target.text_destination(channels, users)?, draft)]
         }
     };
     // Once the channels are known (a `/publish` body names them) and before anything is made
     // or published; with the body, which a signature rule covers.
-    let mut named: Vec<&str> = drafts.iter().flat_map(|(names, _)| names.iter().map(String::as_str)).collect();
+    let mut named: Vec<&str> = drafts.iter().flat_map(|(to, _)| to.channels.iter().map(String::as_str)).collect();
     named.sort_unstable();
     named.dedup();
-    state.gate.publish(&asker.checkpoint, &named, &asker.facts(&bytes)).await?;
+    let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
+    state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
     publish(hub, drafts).await
 }
 
@@ -205,12 +223,13 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
         .collect()
 }
 
-/// A `text/plain` body is the data; `event`, `id`, `retry` and `channel` come from the query,
-/// beside the token's own parameter (`token_param`, for access control).
-fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Result<(Draft, Vec<String>), ApiError> {
+/// A `text/plain` body is the data; `event`, `id`, `retry`, `channel` and `user` come from the
+/// query, beside the token's own parameter (`token_param`, for access control).
+fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Result<(Draft, Vec<String>, Vec<String>), ApiError> {
     let data = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request(format!("text body is not UTF-8: {e}")))?;
     let mut draft = Draft { data: data.to_owned(), ..Draft::default() };
     let mut channels = Vec::new();
+    let mut users = Vec::new();
     for (key, value) in form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
         match &*key {
             "event" => draft.event = Some(value.into_owned()),
@@ -219,27 +238,44 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Resul
                 draft.retry = Some(value.parse().map_err(|_| ApiError::bad_request(format!("retry must be milliseconds, not `{value}`")))?)
             }
             "channel" => channels.push(value.into_owned()),
+            "user" => users.push(value.into_owned()),
             other if other == token_param => {}
-            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (event, id, retry, channel)"))),
+            other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (event, id, retry, channel, user)"))),
         }
     }
-    Ok((draft, channels))
+    Ok((draft, channels, users))
 }
 
 /// Validates every event of the request, then publishes them all: a batch is all or nothing.
-async fn publish(hub: &Hub, drafts: Vec<(Vec<String>, Draft)>) -> Result<Json<Published>, ApiError> {
+async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>) -> Result<Json<Published>, ApiError> {
     let max_event = hub.config().limits.max_event_size.as_usize();
     let max_channels = hub.config().max_channels_per_connection;
-    hub.admit_new(drafts.iter().flat_map(|(names, _)| names.iter().map(String::as_str)))?;
+    let max_users = hub.config().limits.max_users_per_event;
+    // Channels of events addressed to users are not made: their users' logs are.
+    hub.admit_new(drafts.iter().filter(|(to, _)| to.users.is_empty()).flat_map(|(to, _)| to.channels.iter().map(String::as_str)))?;
     let mut items = Vec::with_capacity(drafts.len());
-    for (i, (names, draft)) in drafts.into_iter().enumerate() {
+    for (i, (to, draft)) in drafts.into_iter().enumerate() {
+        if to.channels.len() > max_channels {
+            return Err(at(i, format!("{} channels named, at most {max_channels} (max_channels_per_connection)", to.channels.len())));
+        }
+        let names = if to.users.is_empty() {
+            to.channels
+        } else {
+            if to.users.len() > max_users {
+                return Err(at(i, format!("{} users named, at most {max_users} (limits.max_users_per_event)", to.users.len())));
+            }
+            for user in &to.users {
+                users::validate_user(user).map_err(|e| at(i, format!("{e}: {user:?}")))?;
+            }
+            for channel in &to.channels {
+                hub.check_channel_name(channel)?;
+            }
+            users::targets(&to.users, &to.channels)
+        };
         let frame = draft.encode(max_event).map_err(|e| match e {
             crate::event::DraftError::TooLarge { .. } => ApiError::too_large(format!("event {i}: {e}")),
             e => at(i, e.to_string()),
         })?;
-        if names.len() > max_channels {
-            return Err(at(i, format!("{} channels named, at most {max_channels} (max_channels_per_connection)", names.len())));
-        }
         let mut channels = Vec::with_capacity(names.len());
         for name in &names {
             let ch = hub.channel(name)?;

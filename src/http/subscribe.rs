@@ -68,11 +68,10 @@ pub async fn by_token_route(
     open(&state, q, &asker, Some((user, token))).await
 }
 
+/// `GET /sse?channel=a&channel=b`, or `GET /sse` alone with a token naming a user: the user's
+/// own stream (oCIS's `/sse`), of the events addressed to the user.
 pub async fn by_query(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Response, ApiError> {
     let q = parse_query(raw.as_deref())?;
-    if q.channels.is_empty() {
-        return Err(ApiError::bad_request("name at least one channel: /sse/{channel} or /sse?channel=a&channel=b"));
-    }
     open(&state, q, &asker, None).await
 }
 
@@ -103,7 +102,7 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credentia
     if let Some(pos) = last_event_id.as_deref().and_then(crate::hub::parse_position) {
         state.hub.caught_up_to(pos, state.hub.config().cluster.catch_up_wait).await;
     }
-    let mut subscription = state.hub.subscribe(&q.channels, last_event_id.as_deref(), q.replay_all)?;
+    let mut subscription = state.hub.subscribe(&q.channels, admission.user(), last_event_id.as_deref(), q.replay_all)?;
     if let Some(at) = admission.ends_at() {
         subscription.end_at(at);
     }

@@ -13,6 +13,7 @@ pub mod replication;
 pub mod rules;
 mod settings;
 mod subscription;
+pub mod users;
 mod visibility;
 
 pub use channel::Channel;
@@ -47,6 +48,8 @@ pub enum ChannelError {
     TooManyNew { wanted: usize, limit: usize },
     #[error("the hub is shutting down")]
     Closing,
+    #[error("{0}")]
+    User(String),
 }
 
 /// One event on its way in: the channels it goes to, and its encoded block minus the id.
@@ -217,15 +220,26 @@ impl Hub {
             let t = attach(ch);
             return Ok((ch.clone(), t));
         }
-        pattern::validate_channel(name, self.config.max_channel_name_length)
-            .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })?;
-        let settings = self.settings.resolve(name).ok_or_else(|| ChannelError::NotFound(name.to_owned()))?;
+        let user_log = users::parse(name);
+        let settings = match user_log {
+            // Made by the hub for a user it was given (validated then), never named by a client.
+            Some((user, _)) => {
+                users::validate_user(user).map_err(|e| ChannelError::User(e.to_string()))?;
+                self.settings.resolve(name).expect("a user's log always resolves")
+            }
+            None => {
+                pattern::validate_channel(name, self.config.max_channel_name_length)
+                    .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })?;
+                self.settings.resolve(name).ok_or_else(|| ChannelError::NotFound(name.to_owned()))?
+            }
+        };
         let mut map = self.channels.write();
         if let Some(ch) = map.get(name) {
             let t = attach(ch);
             return Ok((ch.clone(), t));
         }
-        if map.len() >= self.config.max_channels && self.reclaim_idle(&mut map) == 0 {
+        // Users' logs are bounded by the users streaming and addressed, not by max_channels.
+        if user_log.is_none() && map.len() >= self.config.max_channels && self.reclaim_idle(&mut map) == 0 {
             return Err(ChannelError::Limit(map.len()));
         }
         let floor = self.floors.for_new(name);
@@ -234,6 +248,14 @@ impl Hub {
         map.insert(name, ch.clone());
         let t = attach(&ch);
         Ok((ch, t))
+    }
+
+    /// Refuses a name no channel may have (invalid, or undefined where channels must be
+    /// declared), without making the channel.
+    pub fn check_channel_name(&self, name: &str) -> Result<(), ChannelError> {
+        pattern::validate_channel(name, self.config.max_channel_name_length)
+            .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })?;
+        self.settings.resolve(name).map(drop).ok_or_else(|| ChannelError::NotFound(name.to_owned()))
     }
 
     /// At `max_channels`: drops the idle channels (undeclared, no subscriber) used longest ago,
@@ -498,18 +520,27 @@ impl Hub {
         }
     }
 
-    /// Opens a subscription to `names`, resuming after `last_event_id` when given.
+    /// Opens a subscription to `names`, resuming after `last_event_id` when given; a stream of
+    /// `user` also reads the user's logs (its own, and its log of each of `names`).
     pub fn subscribe(
         self: &Arc<Self>,
         names: &[String],
+        user: Option<&str>,
         last_event_id: Option<&str>,
         replay_all: bool,
     ) -> Result<Subscription, ChannelError> {
         self.admit_new(names.iter().map(String::as_str))?;
         let waker = Arc::new(AtomicWaker::new());
-        let mut distinct: Vec<&str> = Vec::with_capacity(names.len());
-        for name in names {
-            if !distinct.contains(&name.as_str()) {
+        let logs: Vec<std::borrow::Cow<'static, str>> = match user {
+            Some(user) => {
+                users::validate_user(user).map_err(|e| ChannelError::User(e.to_string()))?;
+                users::logs_of(user, names).collect()
+            }
+            None => Vec::new(),
+        };
+        let mut distinct: Vec<&str> = Vec::with_capacity(names.len() + logs.len());
+        for name in names.iter().map(String::as_str).chain(logs.iter().map(|l| &**l)) {
+            if !distinct.contains(&name) {
                 distinct.push(name);
             }
         }
@@ -658,7 +689,7 @@ impl Hub {
             // In a cluster, history is the bus.
             store: self.bus.get().map_or(self.store.kind(), |bus| bus.kind()),
             totals: Totals {
-                channels: channels.len(),
+                channels: channels.iter().filter(|c| !users::is_user_log(&c.name)).count(),
                 subscriptions: self.subscriptions.load(Ordering::Relaxed),
                 published: self.published.load(Ordering::Relaxed),
                 bus_unapplied: self.unapplied(),
@@ -674,6 +705,11 @@ impl Hub {
             out.totals.subscribers += ch.subscribers();
             out.totals.history_len += history_len;
             out.totals.history_bytes += history_bytes;
+            // Users' logs count in the totals, but their names (user ids) are not listed.
+            if users::is_user_log(&ch.name) {
+                out.totals.user_logs += 1;
+                continue;
+            }
             if after.is_none_or(|a| &*ch.name > a) {
                 page.push(ch);
             }
@@ -751,6 +787,8 @@ pub struct Stats {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Totals {
     pub channels: usize,
+    /// Users' logs (see `users.rs`): what events addressed to users are kept in.
+    pub user_logs: usize,
     /// Open subscriptions (streams).
     pub subscriptions: usize,
     /// Subscriptions counted once per channel they read.

@@ -39,12 +39,22 @@ impl SettingsResolver {
         }
     }
 
-    /// Settings for `name`, or `None` when the channel may not exist.
+    /// Settings for `name`, or `None` when the channel may not exist. A user's log always may
+    /// (see `users.rs`), with the settings of its channel or of channels made on first use.
     pub fn resolve(&self, name: &str) -> Option<Arc<ChannelSettings>> {
+        if let Some((_, channel)) = super::users::parse(name) {
+            return Some(self.for_user_log(channel));
+        }
         match self.table.matching(name) {
             Some(settings) => Some(settings.clone()),
             None => self.allow_undefined.then(|| self.table.default().clone()),
         }
+    }
+
+    /// Settings of a user log: its channel's, for a user's log of a channel; those of channels
+    /// made on first use, for a user's own log.
+    fn for_user_log(&self, channel: Option<&str>) -> Arc<ChannelSettings> {
+        channel.map_or_else(|| self.table.default().clone(), |c| self.table.resolve(c).clone())
     }
 
     /// Channels declared by exact name: they exist from start-up.
