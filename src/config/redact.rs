@@ -17,7 +17,7 @@ fn redact(value: &mut toml::Value, secret: bool) {
         toml::Value::String(s) => {
             if secret {
                 *s = "<redacted>".into();
-            } else if let Some(clean) = strip_url_password(s) {
+            } else if let Some(clean) = strip_url_password(s).or_else(|| strip_keyword_password(s)) {
                 *s = clean;
             }
         }
@@ -50,9 +50,18 @@ fn strip_url_password(s: &str) -> Option<String> {
     })
 }
 
+/// `host=db user=herald password=s3cr3t` (a libpq keyword DSN) becomes `… password=<redacted>`.
+fn strip_keyword_password(s: &str) -> Option<String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    if !words.iter().any(|w| w.starts_with("password=")) {
+        return None;
+    }
+    Some(words.iter().map(|w| if w.starts_with("password=") { "password=<redacted>" } else { w }).collect::<Vec<_>>().join(" "))
+}
+
 /// A URL as it may be shown in logs and errors.
 pub fn url(s: &str) -> String {
-    strip_url_password(s).unwrap_or_else(|| s.to_owned())
+    strip_url_password(s).or_else(|| strip_keyword_password(s)).unwrap_or_else(|| s.to_owned())
 }
 
 #[cfg(test)]
@@ -63,6 +72,11 @@ mod tests {
         assert_eq!(strip_url_password("redis://u:pw@h:1/0").as_deref(), Some("redis://u:<redacted>@h:1/0"));
         assert_eq!(strip_url_password("redis://h:1/0"), None);
         assert_eq!(strip_url_password("nats://s3cr3t@h:4222").as_deref(), Some("nats://<redacted>@h:4222"));
+        assert_eq!(
+            strip_keyword_password("host=db user=herald password=s3cr3t dbname=app").as_deref(),
+            Some("host=db user=herald password=<redacted> dbname=app")
+        );
+        assert_eq!(strip_keyword_password("host=db user=herald"), None);
         let mut v: toml::Value = toml::from_str("[auth]\njwt_secret = \"s3\"\nurl = \"amqp://g:pw@h\"").unwrap();
         redact(&mut v, false);
         let s = v.to_string();
