@@ -71,6 +71,8 @@ impl From<ChannelError> for ApiError {
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
+            PublishError::Event { too_large: true, .. } => ApiError::too_large(e.to_string()),
+            PublishError::Event { .. } => ApiError::bad_request(e.to_string()),
             PublishError::Channel(e) => e.into(),
             // What the engine said (paths, addresses, its own words) is for the operator's log;
             // the client is told what failed, in words that do not change.

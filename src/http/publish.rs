@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::gate::Asker;
 use crate::event::Draft;
-use crate::hub::{Hub, Publication, users};
+use crate::hub::{Hub, Submission};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -246,45 +246,9 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Resul
     Ok((draft, channels, users))
 }
 
-/// Validates every event of the request, then publishes them all: a batch is all or nothing.
+/// Hands the request's events to the hub's publish path: a batch is all or nothing.
 async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>) -> Result<Json<Published>, ApiError> {
-    let max_event = hub.config().limits.max_event_size.as_usize();
-    let max_channels = hub.config().max_channels_per_connection;
-    let max_users = hub.config().limits.max_users_per_event;
-    // Channels of events addressed to users are not made: their users' logs are.
-    hub.admit_new(drafts.iter().filter(|(to, _)| to.users.is_empty()).flat_map(|(to, _)| to.channels.iter().map(String::as_str)))?;
-    let mut items = Vec::with_capacity(drafts.len());
-    for (i, (to, draft)) in drafts.into_iter().enumerate() {
-        if to.channels.len() > max_channels {
-            return Err(at(i, format!("{} channels named, at most {max_channels} (max_channels_per_connection)", to.channels.len())));
-        }
-        let names = if to.users.is_empty() {
-            to.channels
-        } else {
-            if to.users.len() > max_users {
-                return Err(at(i, format!("{} users named, at most {max_users} (limits.max_users_per_event)", to.users.len())));
-            }
-            for user in &to.users {
-                users::validate_user(user).map_err(|e| at(i, format!("{e}: {user:?}")))?;
-            }
-            for channel in &to.channels {
-                hub.check_channel_name(channel)?;
-            }
-            users::targets(&to.users, &to.channels)
-        };
-        let frame = draft.encode(max_event).map_err(|e| match e {
-            crate::event::DraftError::TooLarge { .. } => ApiError::too_large(format!("event {i}: {e}")),
-            e => at(i, e.to_string()),
-        })?;
-        let mut channels = Vec::with_capacity(names.len());
-        for name in &names {
-            let ch = hub.channel(name)?;
-            if !channels.iter().any(|c| std::sync::Arc::ptr_eq(c, &ch)) {
-                channels.push(ch);
-            }
-        }
-        items.push(Publication { channels, frame, custom_id: draft.id, pos: None, published_wall_us: None });
-    }
-    let ids = hub.publish(items).await?;
+    let batch = drafts.into_iter().map(|(to, draft)| Submission { channels: to.channels, users: to.users, draft }).collect();
+    let ids = hub.ingest(batch).await?;
     Ok(Json(Published { ids }))
 }

@@ -8,6 +8,7 @@
 mod channel;
 mod expiry;
 mod floors;
+mod ingest;
 mod pending;
 pub mod replication;
 pub mod rules;
@@ -17,6 +18,7 @@ pub mod users;
 mod visibility;
 
 pub use channel::Channel;
+pub use ingest::Submission;
 pub use settings::{ChannelSettings, SettingsResolver};
 pub use subscription::{Subscription, SubscriptionOptions};
 
@@ -765,6 +767,9 @@ fn missed_notice(missed: Missed, last_event_id: &str, channels: &[(Arc<Channel>,
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// An event of the batch is not valid (`too_large`: it is over `limits.max_event_size`).
+    #[error("event {index}: {reason}")]
+    Event { index: usize, reason: String, too_large: bool },
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
