@@ -397,3 +397,44 @@ async fn publishers_over_their_rate_are_told_when_to_retry() {
     // Only the admitted publishes were published.
     assert_eq!(server.stats().await["channels"]["rated"]["published"], 4);
 }
+
+/// Tokens pass the same gate on every path: a subscription, a user's own stream, a publish and
+/// the statistics, each refused without a token (401, `WWW-Authenticate: Bearer`), with a
+/// forged one (403), and served with a good one, over the socket path, hyper and HTTP/2.
+#[tokio::test]
+async fn tokens_pass_the_gate_on_every_path() {
+    const SECRET: &str = "every-path-secret";
+    let server = TestServer::with(|c| {
+        c.access.subscribe.jwt = true;
+        c.access.publish.jwt = true;
+        c.access.stats.jwt = true;
+        c.access.jwt.secret = SECRET.into();
+    })
+    .await;
+    let sign = |key: &[u8]| {
+        let claims = serde_json::json!({"sub": "alice", "exp": herald::hub::unix_now() + 600, "subscribe": "**", "publish": "**"});
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(key)).unwrap()
+        )
+    };
+    let (good, forged) = (sign(SECRET.as_bytes()), sign(b"forged"));
+    let requests: [(&str, &str, &'static str); 6] = [
+        ("GET", "/sse/a", ""),
+        ("GET", "/sse?channel=a&channel=b", ""),
+        ("GET", "/sse", ""),
+        ("POST", "/sse/a", r#"{"data":"x"}"#),
+        ("POST", "/publish", r#"{"users":["alice"],"data":"x"}"#),
+        ("GET", "/stats", ""),
+    ];
+    for path in [Path::Socket, Path::Hyper, Path::Http2] {
+        for (method, target, body) in requests {
+            let what = format!("{method} {target} over {path:?}");
+            let none = ask(&server, path, method, target, &[], body).await;
+            assert_eq!((none.status, none.www_authenticate.as_deref()), (401, Some("Bearer")), "{what} without a token");
+            assert_eq!(ask(&server, path, method, target, &[("authorization", &forged)], body).await.status, 403, "{what} forged");
+            assert_eq!(ask(&server, path, method, target, &[("authorization", &good)], body).await.status, 200, "{what} with the token");
+        }
+    }
+    server.shutdown().await;
+}

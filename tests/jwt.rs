@@ -593,3 +593,29 @@ async fn each_user_holds_at_most_max_streams_per_user() {
     support::eventually(async || ask(&server, "GET", "/sse/orders/1", &[("authorization", &alice)], None).await.status == 200).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_key_set_url_is_refreshed_every_jwks_refresh() {
+    let ks = key_server(Some("jwks.json")).await;
+    let server = TestServer::with(|c| {
+        c.access.subscribe.jwt = true;
+        c.access.jwt.algorithms = vec!["RS256".into()];
+        c.access.jwt.jwks_url = ks.url.clone();
+        c.access.jwt.jwks_refresh = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = rs256(Some("rsa-1"), &claims());
+    assert_eq!(subscribe_status(&server, "/sse/orders/1", &token).await.status, 200);
+    let fetched = ks.hits.load(Ordering::SeqCst);
+    // The provider drops the key; once the set is older than jwks_refresh, a request fetches it
+    // again in the background (it is still served with the set in hand) and the key is gone.
+    *ks.keys.lock() = Some(std::fs::read_to_string(fixture("jwks_rotated.json")).unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // A token not seen before, so that the verifier's memory of the first does not answer.
+    let fresh = rs256(Some("rsa-1"), &with(claims(), json!({"jti": "fresh"})));
+    assert_eq!(subscribe_status(&server, "/sse/orders/1", &fresh).await.status, 200);
+    support::eventually(async || ks.hits.load(Ordering::SeqCst) > fetched).await;
+    let after = rs256(Some("rsa-1"), &with(claims(), json!({"jti": "after"})));
+    support::eventually(async || subscribe_status(&server, "/sse/orders/1", &after).await.status == 403).await;
+    server.shutdown().await;
+}
