@@ -256,3 +256,22 @@ async fn a_users_history_survives_a_restart_on_disk() {
     let mut resumed = Sse::open_with(&node.url("/sse"), &[("authorization", &auth), ("last-event-id", &first_id)]).await;
     assert_eq!(resumed.data(1).await, ["after"]);
 }
+
+/// A user's log cannot be named by a client: not to subscribe to it, nor to publish into it.
+#[tokio::test]
+async fn no_client_can_name_a_users_log() {
+    let server = TestServer::start().await;
+    for path in ["/sse/%23u:alice", "/sse?channel=%23u:alice", "/sse?channel=a&channel=%23u:alice%23a"] {
+        let resp = http().get(server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(resp.text().await.unwrap().contains("invalid channel name"), "{path}");
+    }
+    let resp = http().post(server.url("/sse/%23u:alice")).json(&json!({"data": "x"})).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    for body in [json!({"channel": "#u:alice", "data": "x"}), json!({"channels": ["a", "#u:alice#a"], "data": "x"})] {
+        let (status, error) = post(&server, "/publish", body).await.unwrap_err();
+        assert_eq!(status, 400, "{error}");
+    }
+    assert_eq!(server.stats().await["totals"]["user_logs"], 0);
+    server.shutdown().await;
+}

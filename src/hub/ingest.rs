@@ -37,6 +37,10 @@ impl Hub {
                     format!("{} channels named, at most {max_channels} (max_channels_per_connection)", sub.channels.len()),
                 ));
             }
+            // A source names channels, never a user's log: those come from `users`.
+            for channel in &sub.channels {
+                self.check_name(channel)?;
+            }
             let names = if sub.users.is_empty() {
                 sub.channels
             } else {
@@ -46,6 +50,7 @@ impl Hub {
                 for user in &sub.users {
                     users::validate_user(user).map_err(|e| refuse(i, format!("{e}: {user:?}")))?;
                 }
+                // Their channels are not made, but must be ones that may exist.
                 for channel in &sub.channels {
                     self.check_channel_name(channel)?;
                 }

@@ -255,9 +255,15 @@ impl Hub {
     /// Refuses a name no channel may have (invalid, or undefined where channels must be
     /// declared), without making the channel.
     pub fn check_channel_name(&self, name: &str) -> Result<(), ChannelError> {
-        pattern::validate_channel(name, self.config.max_channel_name_length)
-            .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })?;
+        self.check_name(name)?;
         self.settings.resolve(name).map(drop).ok_or_else(|| ChannelError::NotFound(name.to_owned()))
+    }
+
+    /// Refuses a name that is not a valid channel name, as every name a client gives must be
+    /// (the hub itself names users' logs, which no client may).
+    pub(crate) fn check_name(&self, name: &str) -> Result<(), ChannelError> {
+        pattern::validate_channel(name, self.config.max_channel_name_length)
+            .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })
     }
 
     /// At `max_channels`: drops the idle channels (undeclared, no subscriber) used longest ago,
@@ -531,6 +537,10 @@ impl Hub {
         last_event_id: Option<&str>,
         replay_all: bool,
     ) -> Result<Subscription, ChannelError> {
+        // Names from a client are channel names: never a user's log (see `users.rs`).
+        for name in names {
+            self.check_name(name)?;
+        }
         self.admit_new(names.iter().map(String::as_str))?;
         let waker = Arc::new(AtomicWaker::new());
         let logs: Vec<std::borrow::Cow<'static, str>> = match user {
