@@ -6,22 +6,15 @@
 //!
 //!     cargo build --release && taskset -c 1 cargo run --release --example connect_auth -- 5000 [path/to/herald]
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::cpu_ns;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "connect-bench-secret-of-some-length";
-
-/// The server's CPU time so far, summed over its threads.
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 struct Mode {
     name: &'static str,
@@ -82,10 +75,7 @@ async fn connect(addr: &str, token: Option<&str>) {
 async fn main() {
     let n: usize = std::env::args().nth(1).map_or(5000, |a| a.parse().expect("connections"));
     // The binary to measure: the second argument, else this build's.
-    let herald = std::env::args().nth(2).map(std::path::PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
-        Path::new(&target).join("release/herald")
-    });
+    let herald = common::herald_binary(std::env::args().nth(2));
     let dir = tempfile::tempdir().unwrap();
     println!("{n} connects, one after another; server on CPU 0 (taskset), one worker");
     println!("{:<28} {:>12} {:>12}", "mode", "us CPU/conn", "vs none");
@@ -93,23 +83,7 @@ async fn main() {
     for mode in modes(n) {
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, &mode.config).unwrap();
-        let mut child = Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&herald)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--log-level", "info", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("herald starts (cargo build --release, or name the binary after the connection count)");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the server logs its address").unwrap();
-            if let Some(i) = line.find("addr=") {
-                break line[i + 5..].split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (mut child, addr) = common::start(&herald, &config);
         // Warm up: the first connections pay for lazy set-up.
         for i in 0..50 {
             connect(&addr, mode.tokens.get(i % mode.tokens.len().max(1)).map(String::as_str)).await;

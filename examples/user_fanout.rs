@@ -7,10 +7,12 @@
 //!
 //!     cargo build --release && taskset -c 1 cargo run --release --example user_fanout -- 10000 [path/to/herald]
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::cpu_ns;
 use jsonwebtoken::{EncodingKey, Header};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,14 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &str = "user-fanout-bench-secret";
 const PUBLISHERS: usize = 4;
 const PUBLISH_FOR: Duration = Duration::from_secs(5);
-
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -41,24 +35,7 @@ fn start(herald: &Path, dir: &Path, mode: Mode) -> (std::process::Child, String)
     }
     let path = dir.join("herald.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(herald)
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--log-level", "warn,herald=info", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(i) = line.find("addr=") {
-            break line[i + 5..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    common::start(herald, &path)
 }
 
 /// Opens stream `i` and counts the events it receives.
@@ -140,10 +117,7 @@ async fn publisher(addr: String, mode: Mode, streams: usize, seed: u64, until: I
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args().nth(1).map_or(10_000, |a| a.parse().expect("streams"));
-    let herald = std::env::args().nth(2).map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
-        Path::new(&target).join("release/herald")
-    });
+    let herald = common::herald_binary(std::env::args().nth(2));
     let exp = herald::hub::unix_now() + 3600;
     let key = EncodingKey::from_secret(SECRET.as_bytes());
     let tokens: Vec<String> = (0..n)
