@@ -368,6 +368,8 @@ async fn one_address_holds_at_most_its_streams() {
 async fn publishers_over_their_rate_are_told_when_to_retry() {
     let server = TestServer::with(|c| {
         c.access.publish_rate = herald::config::access::PublishRateConfig { per_second: 1, burst: 2 };
+        // Keys that a policy checks are publishers of their own.
+        c.access.publish.api_keys = ["key-Socket", "key-Http2"].iter().map(|k| herald::access::keys::hash_of(k)).collect();
     })
     .await;
     for path in [Path::Socket, Path::Http2] {
@@ -396,6 +398,25 @@ async fn publishers_over_their_rate_are_told_when_to_retry() {
     assert_eq!(ask(&server, Path::Socket, "GET", "/sse/rated", &[], "").await.status, 200);
     // Only the admitted publishes were published.
     assert_eq!(server.stats().await["channels"]["rated"]["published"], 4);
+    server.shutdown().await;
+
+    // Where no policy checks keys, a made-up key per request buys no fresh allowance: the
+    // address is the publisher.
+    let server = TestServer::with(|c| c.access.publish_rate = herald::config::access::PublishRateConfig { per_second: 1, burst: 2 }).await;
+    let statuses: Vec<u16> = futures_util::future::join_all((0..3).map(|i| {
+        let req = http_client()
+            .post(server.url("/sse/rated"))
+            .header("content-type", "application/json")
+            .header("x-api-key", format!("made-up-{i}"));
+        async move { req.body(r#"{"data":"x"}"#).send().await.unwrap().status().as_u16() }
+    }))
+    .await;
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+    server.shutdown().await;
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().unwrap()
 }
 
 /// Tokens pass the same gate on every path: a subscription, a user's own stream, a publish and

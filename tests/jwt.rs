@@ -619,3 +619,26 @@ async fn a_key_set_url_is_refreshed_every_jwks_refresh() {
     support::eventually(async || subscribe_status(&server, "/sse/orders/1", &after).await.status == 403).await;
     server.shutdown().await;
 }
+
+/// Addressing users is granted by a token's publish claim naming `#users` (or `**`), never by
+/// a claim for channels alone.
+#[tokio::test]
+async fn a_token_addresses_users_only_when_its_publish_claim_grants_it() {
+    let server = TestServer::with(hmac_config).await;
+    let for_users = |claim: Value| format!("Bearer {}", hs256(&with(claims(), json!({ "publish": claim }))));
+    let body = Some(r#"{"users":["bob"],"data":"x"}"#);
+    let channels_only = ask(&server, "POST", "/publish", &[("authorization", &for_users(json!("orders/*")))], body).await;
+    assert_eq!(channels_only.status, 403, "{}", channels_only.body);
+    assert!(channels_only.body.contains("does not grant publishing to `#users`"), "{}", channels_only.body);
+    for claim in [json!(["orders/*", "#users"]), json!("**")] {
+        let a = ask(&server, "POST", "/publish", &[("authorization", &for_users(claim.clone()))], body).await;
+        assert_eq!(a.status, 200, "{claim}: {}", a.body);
+    }
+    // With a channel too, both the channel and `#users` must be granted.
+    let scoped = Some(r#"{"users":["bob"],"data":"x"}"#);
+    let a = ask(&server, "POST", "/sse/orders/1", &[("authorization", &for_users(json!(["#users"])))], scoped).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = ask(&server, "POST", "/sse/orders/1", &[("authorization", &for_users(json!(["#users", "orders/*"])))], scoped).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    server.shutdown().await;
+}

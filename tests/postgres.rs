@@ -95,6 +95,24 @@ async fn the_token_route_lets_in_only_users_whose_token_the_database_holds() {
     table.drop_table().await;
 }
 
+/// On the token route the user and token are checked even where the channel's policy does not
+/// ask for them: a wrong token is never let through.
+#[tokio::test]
+async fn the_token_route_always_checks_its_token() {
+    let table = Table::create("always").await;
+    let server = TestServer::with(|c| {
+        config(c, DSN, table.query());
+        c.access.subscribe.postgres = false;
+    })
+    .await;
+    assert_eq!(status(&server, "/subscribe/orders/user-1/nonce-1").await.0, 200);
+    assert_eq!(status(&server, "/subscribe/orders/user-1/wrong").await.0, 403);
+    // Elsewhere nothing is asked: the policy is open.
+    assert_eq!(status(&server, "/sse/orders").await.0, 200);
+    server.shutdown().await;
+    table.drop_table().await;
+}
+
 #[tokio::test]
 async fn a_yes_is_remembered_for_the_cache_ttl_and_a_no_never() {
     let table = Table::create("cache").await;

@@ -275,3 +275,33 @@ async fn no_client_can_name_a_users_log() {
     assert_eq!(server.stats().await["totals"]["user_logs"], 0);
     server.shutdown().await;
 }
+
+/// A user's own log is the global subscribe policy's to give: a stream admitted by its
+/// channel's policy alone gets that channel's events for the user, not the user's private ones.
+#[tokio::test]
+async fn a_channel_stream_reads_the_users_own_log_only_where_the_global_policy_admits() {
+    let server = TestServer::with(|c| {
+        c.access.jwt.secret = SECRET.into();
+        // Nobody on this machine passes the global policy.
+        c.access.subscribe.allow_from = vec!["192.0.2.0/24".into()];
+        c.channels.push(herald::config::ChannelConfig {
+            pattern: "rooms/*".into(),
+            access: Some(herald::config::ChannelAccessConfig {
+                subscribe: Some(herald::config::access::PolicyConfig { jwt: true, ..Default::default() }),
+                publish: None,
+            }),
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut room = open(&server, "/sse/rooms/1", "ivan", None).await;
+    streams(&server, 1).await;
+    post(&server, "/publish", json!({"users": ["ivan"], "data": "private"})).await.unwrap();
+    post(&server, "/sse/rooms/1", json!({"users": ["ivan"], "data": "the room's, for ivan"})).await.unwrap();
+    assert_eq!(room.data(1).await, ["the room's, for ivan"]);
+    room.expect_no_event(Duration::from_millis(200)).await;
+    // And the user's own stream is refused by the global policy.
+    let own = http().get(server.url("/sse")).bearer_auth(token("ivan")).send().await.unwrap();
+    assert_eq!(own.status(), 403);
+    server.shutdown().await;
+}

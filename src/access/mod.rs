@@ -91,12 +91,19 @@ struct Held {
     _user: Option<streams::StreamSlot<Arc<str>>>,
     user: Option<Arc<str>>,
     ends_at: Option<u64>,
+    /// The stream may read its user's own log, not only its user's logs of its channels.
+    own_log: bool,
 }
 
 impl Admission {
     /// Who the stream's credential speaks for (a token's user claim, the token route's user).
     pub fn user(&self) -> Option<&str> {
         self.0.as_ref().and_then(|h| h.user.as_deref())
+    }
+
+    /// Whether the stream reads its user's own log (the events addressed to the user alone).
+    pub fn reads_own_log(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| h.own_log)
     }
 
     /// When the stream must end (once its token is no longer accepted: `exp` plus the leeway, in
@@ -241,6 +248,11 @@ impl TokenCheck<'_> {
         result
     }
 
+    /// Whether the request carries a token at all (checked or not).
+    fn has_token(&self) -> bool {
+        self.verifier.is_some_and(|v| v.token(self.facts.headers, self.facts.query).is_some())
+    }
+
     /// The user the credentials that passed speak for.
     fn user(&self) -> Option<Arc<str>> {
         if let Some(Ok(())) = &self.stored {
@@ -337,9 +349,16 @@ impl Gate {
         checkpoint.0.store(true, Ordering::Release);
         let client = self.proxies.client(facts.peer, facts.headers);
         let mut token = self.token_check(facts);
-        for (policy, names) in distinct_policies(&self.subscribe, channels) {
-            admit(policy, &names, facts, client, &mut token, Action::Subscribe).await?;
+        let policies = distinct_policies(&self.subscribe, channels);
+        for (policy, names) in &policies {
+            admit(policy, names, facts, client, &mut token, Action::Subscribe).await?;
         }
+        // The token route's user and token are checked whatever the channel's policy says: a
+        // wrong token is never let through on it.
+        if facts.path_credential.is_some() {
+            token.stored().await?;
+        }
+        let mut own_log = channels.is_empty();
         if channels.is_empty() {
             // A user's own stream: the global policy, and a credential that names the user.
             admit(self.subscribe.default(), &[], facts, client, &mut token, Action::Subscribe).await?;
@@ -362,6 +381,12 @@ impl Gate {
             }
         }
         let user = token.user();
+        // A user's own log (the events addressed to the user alone) is the global policy's to
+        // give: a stream of a channel reads it only if that policy admits the request too.
+        if user.is_some() && !own_log {
+            own_log = policies.iter().any(|(p, _)| Arc::ptr_eq(p, self.subscribe.default()))
+                || admit(self.subscribe.default(), &[], facts, client, &mut token, Action::Subscribe).await.is_ok();
+        }
         let by_client = self.streams.as_ref().map(|limit| limit.acquire(client)).transpose()?;
         let by_user = match (&self.user_streams, &user) {
             (Some(limit), Some(user)) => Some(limit.acquire(user.clone())?),
@@ -370,7 +395,7 @@ impl Gate {
         let end_at_expiry = self.jwt.as_ref().is_some_and(|v| v.end_stream_at_expiry);
         let ends_at = token.verified().and_then(|g| g.expires).filter(|_| end_at_expiry);
         let anything = by_client.is_some() || by_user.is_some() || user.is_some() || ends_at.is_some();
-        Ok(Admission(anything.then(|| Box::new(Held { _client: by_client, _user: by_user, user, ends_at }))))
+        Ok(Admission(anything.then(|| Box::new(Held { _client: by_client, _user: by_user, user, ends_at, own_log }))))
     }
 
     /// May this request read the hub's statistics?
@@ -410,9 +435,17 @@ impl Gate {
         let client = self.proxies.client(facts.peer, facts.headers);
         let mut token = self.token_check(facts);
         let mut policies = distinct_policies(&self.publish, channels);
-        if to_users && !policies.iter().any(|(p, _)| Arc::ptr_eq(p, self.publish.default())) {
-            policies.push((self.publish.default(), Vec::new()));
+        if to_users {
+            // Addressing users is the global policy's to allow; a token's publish claim must
+            // grant `#users` for it (`**` does).
+            match policies.iter_mut().find(|(p, _)| Arc::ptr_eq(p, self.publish.default())) {
+                Some((_, names)) => names.push(USERS),
+                None => policies.push((self.publish.default(), vec![USERS])),
+            }
         }
+        // The rate is kept per API key only where a policy checked the key; otherwise per
+        // address, so that made-up keys buy no fresh allowance.
+        let key_checked = policies.iter().any(|(p, _)| !p.keys.is_empty());
         for (policy, names) in policies {
             if policy.is_open() && self.anonymous_publish == AnonymousPublish::Loopback && !client.is_loopback() {
                 return Err(Denied::forbidden(
@@ -423,11 +456,14 @@ impl Gate {
         }
         // Counted once admitted: a refused request publishes nothing.
         match &self.publish_rate {
-            Some(rate) => rate.check(client, api_key(facts.headers)),
+            Some(rate) => rate.check(client, api_key(facts.headers).filter(|_| key_checked)),
             None => Ok(()),
         }
     }
 }
+
+/// What a token's publish claim must grant for its request to address events to users.
+pub const USERS: &str = "#users";
 
 /// Says why a request was refused, for the operator; never with a credential (refusal messages
 /// name what is missing or wrong, not what was sent).
@@ -449,14 +485,22 @@ async fn admit(
     if matches!(&rules, Err(d) if d.status == StatusCode::UNAUTHORIZED) {
         return rules;
     }
+    // A missing credential first; then the policy's own refusals, before any credential costs
+    // a database query or a signature check.
+    if policy.postgres && facts.path_credential.is_none() {
+        token.stored().await?;
+    }
+    if policy.jwt && !token.has_token() {
+        token.grant().await?;
+    }
+    rules?;
     if policy.postgres {
         token.stored().await?;
     }
     if !policy.jwt {
-        return rules;
+        return Ok(());
     }
     let grant = token.grant().await?;
-    rules?;
     for name in names {
         let granted = match action {
             Action::Subscribe => grant.may_subscribe(name),

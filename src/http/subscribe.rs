@@ -102,7 +102,8 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credentia
     if let Some(pos) = last_event_id.as_deref().and_then(crate::hub::parse_position) {
         state.hub.caught_up_to(pos, state.hub.config().cluster.catch_up_wait).await;
     }
-    let mut subscription = state.hub.subscribe(&q.channels, admission.user(), last_event_id.as_deref(), q.replay_all)?;
+    let mut subscription =
+        state.hub.subscribe(&q.channels, (admission.user(), admission.reads_own_log()), last_event_id.as_deref(), q.replay_all)?;
     if let Some(at) = admission.ends_at() {
         subscription.end_at(at);
     }

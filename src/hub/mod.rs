@@ -529,11 +529,11 @@ impl Hub {
     }
 
     /// Opens a subscription to `names`, resuming after `last_event_id` when given; a stream of
-    /// `user` also reads the user's logs (its own, and its log of each of `names`).
+    /// `user` also reads the user's logs of each of `names`, and, when `own_log`, the user's own.
     pub fn subscribe(
         self: &Arc<Self>,
         names: &[String],
-        user: Option<&str>,
+        (user, own_log): (Option<&str>, bool),
         last_event_id: Option<&str>,
         replay_all: bool,
     ) -> Result<Subscription, ChannelError> {
@@ -546,7 +546,7 @@ impl Hub {
         let logs: Vec<std::borrow::Cow<'static, str>> = match user {
             Some(user) => {
                 users::validate_user(user).map_err(|e| ChannelError::User(e.to_string()))?;
-                users::logs_of(user, names).collect()
+                users::logs_of(user, own_log || names.is_empty(), names).collect()
             }
             None => Vec::new(),
         };

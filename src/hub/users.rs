@@ -61,9 +61,10 @@ pub fn parse(name: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
-/// The logs a stream of `user` reads beside `channels`: the user's own, and one per channel.
-pub fn logs_of<'a>(user: &'a str, channels: &'a [String]) -> impl Iterator<Item = Cow<'static, str>> + 'a {
-    std::iter::once(Cow::Owned(user_log(user))).chain(channels.iter().map(move |c| Cow::Owned(pair_log(user, c))))
+/// The logs a stream of `user` reads beside `channels`: the user's own (when `own`), and one per
+/// channel.
+pub fn logs_of<'a>(user: &'a str, own: bool, channels: &'a [String]) -> impl Iterator<Item = Cow<'static, str>> + 'a {
+    own.then(|| Cow::Owned(user_log(user))).into_iter().chain(channels.iter().map(move |c| Cow::Owned(pair_log(user, c))))
 }
 
 /// The logs an event addressed to `users` goes to: their own logs when it names no channel,
