@@ -513,6 +513,22 @@ fn start_up_names_what_is_wrong_with_the_token_settings() {
             }),
             "access.jwt.claims.user",
         ),
+        (
+            Box::new(|c| {
+                c.access.subscribe.jwt = true;
+                c.access.jwt.secret = "s".into();
+                c.access.jwt.leeway = std::time::Duration::from_secs(7200);
+            }),
+            "access.jwt.leeway",
+        ),
+        // Keys without a policy that wants them still serve users' own streams: checked too.
+        (
+            Box::new(|c| {
+                c.access.jwt.secret = "s".into();
+                c.access.jwt.algorithms = Vec::new();
+            }),
+            "access.jwt.algorithms",
+        ),
     ];
     for (tweak, key) in cases {
         let mut config = Config::default();

@@ -157,6 +157,12 @@ async fn an_unreachable_database_answers_503_and_lets_nobody_in() {
     }
     server.shutdown().await;
 
+    // A token the query cannot even read (SQLSTATE class 22, a data exception) is a no.
+    let server = TestServer::with(|c| config(c, DSN, "SELECT 1 WHERE $1::text <> '' AND $2::text::int > 0".into())).await;
+    assert_eq!(status(&server, "/subscribe/orders/user-1/not-a-number").await.0, 403);
+    assert_eq!(status(&server, "/subscribe/orders/user-1/42").await.0, 200);
+    server.shutdown().await;
+
     // A query that fails (no such table) is the database failing too: 503, not a guess.
     let server = TestServer::with(|c| config(c, DSN, "SELECT 1 FROM no_such_table_here WHERE a = $1 AND b = $2".into())).await;
     assert_eq!(status(&server, "/subscribe/orders/user-1/nonce-1").await.0, 503);

@@ -72,8 +72,17 @@ impl TokenStore {
     async fn ask(&self, user: &str, token: &str) -> Result<bool, String> {
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let statement = client.prepare_cached(&self.query).await.map_err(|e| e.to_string())?;
-        let row = client.query_opt(&statement, &[&user, &token]).await.map_err(|e| e.to_string())?;
-        Ok(row.is_some())
+        match client.query_opt(&statement, &[&user, &token]).await {
+            Ok(row) => Ok(row.is_some()),
+            // A data exception (SQLSTATE class 22: a token that is not a valid uuid, say) is
+            // the client's value, not the database failing: a no. Its message quotes the value,
+            // so it is not logged.
+            Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Ok(false),
+            Err(e) => Err(match e.code() {
+                Some(code) => format!("query failed with SQLSTATE {} ({e})", code.code()),
+                None => e.to_string(),
+            }),
+        }
     }
 }
 

@@ -314,6 +314,9 @@ impl JwtConfig {
         if !self.jwks_url.is_empty() && !web(&self.jwks_url) {
             return bad("jwks_url", format!("`{}` is not an http:// or https:// URL", super::redact::url(&self.jwks_url)));
         }
+        if self.leeway > Duration::from_secs(3600) {
+            return bad("leeway", "must be at most 1h".into());
+        }
         if self.jwks_refresh < Duration::from_secs(1) {
             return bad("jwks_refresh", "must be at least 1s".into());
         }
@@ -471,7 +474,8 @@ impl AccessConfig {
     pub(super) fn validate<'a>(&self, channels: impl Iterator<Item = &'a ChannelAccessConfig> + Clone) -> Result<(), ConfigError> {
         let globals = [&self.subscribe, &self.publish, &self.stats];
         let policies = globals.into_iter().chain(channels.flat_map(|c| c.subscribe.iter().chain(c.publish.iter())));
-        self.jwt.validate(policies.clone().any(|p| p.jwt))?;
+        // Keys also serve users' own streams (`GET /sse`), with or without a `jwt = true` policy.
+        self.jwt.validate(self.jwt.has_keys() || policies.clone().any(|p| p.jwt))?;
         self.postgres.validate(!self.postgres.dsn.is_empty() || policies.clone().any(|p| p.postgres))?;
         if policies.clone().any(|p| p.postgres && p.jwt) {
             return Err(ConfigError::Invalid {

@@ -181,6 +181,10 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     let mut named: Vec<&str> = drafts.iter().flat_map(|(to, _)| to.channels.iter().map(String::as_str)).collect();
     named.sort_unstable();
     named.dedup();
+    // Names are checked before the gate matches them against its patterns.
+    for name in &named {
+        hub.check_name(name)?;
+    }
     let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
     state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
     publish(hub, drafts).await

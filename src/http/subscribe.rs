@@ -83,6 +83,10 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credentia
             q.channels.len()
         )));
     }
+    // Names are checked before the gate matches them against its patterns.
+    for name in &q.channels {
+        state.hub.check_name(name)?;
+    }
     // Before anything is looked up, replayed or streamed.
     let facts = crate::access::Facts { path_credential, ..asker.facts(b"") };
     let admission = state.gate.subscribe(&asker.checkpoint, &q.channels, &facts).await?;

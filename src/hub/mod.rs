@@ -261,7 +261,7 @@ impl Hub {
 
     /// Refuses a name that is not a valid channel name, as every name a client gives must be
     /// (the hub itself names users' logs, which no client may).
-    pub(crate) fn check_name(&self, name: &str) -> Result<(), ChannelError> {
+    pub fn check_name(&self, name: &str) -> Result<(), ChannelError> {
         pattern::validate_channel(name, self.config.max_channel_name_length)
             .map_err(|reason| ChannelError::Invalid { name: name.to_owned(), reason })
     }

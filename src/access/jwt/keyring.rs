@@ -249,8 +249,9 @@ impl Jwks {
     async fn refresh(&self) {
         let started = Instant::now();
         let _one = self.fetching.lock().await;
-        // Another task fetched while this one waited.
-        if self.fetched.lock().is_some_and(|at| at > started) && self.keys.read().is_some() {
+        // Another task fetched while this one waited, successfully or not: its answer stands,
+        // so a provider that is down is not asked once per waiting request.
+        if self.fetched.lock().is_some_and(|at| at > started) {
             return;
         }
         let result = match &self.source {
@@ -270,12 +271,13 @@ impl Jwks {
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     let shown = crate::config::redacted_url(url);
-    let mut resp = client.get(url).send().await.map_err(|e| format!("{shown}: {e}"))?;
+    // reqwest's errors name the URL in full; ours names it without its credentials.
+    let mut resp = client.get(url).send().await.map_err(|e| format!("{shown}: {}", e.without_url()))?;
     if !resp.status().is_success() {
         return Err(format!("{shown} answered {}", resp.status()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{shown}: {e}"))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{shown}: {}", e.without_url()))? {
         if body.len() + chunk.len() > MAX_JWKS_BYTES {
             return Err(format!("{shown}: the key set is larger than {MAX_JWKS_BYTES} bytes"));
         }
