@@ -310,14 +310,25 @@ async fn address_allowlists_and_trusted_proxies() {
     assert_eq!(post(&proxied, &[("x-forwarded-for", "198.51.100.7")]).await, 200);
     assert_eq!(post(&proxied, &[("x-forwarded-for", "203.0.113.1")]).await, 403);
     assert_eq!(post(&proxied, &[("x-forwarded-for", "198.51.100.7, 203.0.113.1")]).await, 403, "the nearest untrusted hop decides");
-    assert_eq!(post(&proxied, &[("forwarded", "for=\"[2001:db8::5]:1234\"")]).await, 200, "IPv6 through Forwarded");
-    assert_eq!(post(&proxied, &[("forwarded", "for=2001:db9::5")]).await, 403);
     assert_eq!(post(&proxied, &[]).await, 403, "the proxy itself is not allowed");
+    // A proxy that writes X-Forwarded-For passes the client's own Forwarded through: not read.
+    assert_eq!(post(&proxied, &[("forwarded", "for=198.51.100.7"), ("x-forwarded-for", "203.0.113.1")]).await, 403);
+
+    let rfc_proxied = TestServer::with(|c| {
+        c.access.trusted_proxies = vec!["127.0.0.1".into()];
+        c.access.forwarded_header = herald::config::access::ForwardedHeader::Forwarded;
+        c.access.publish.allow_from = vec!["198.51.100.0/24".into(), "2001:db8::/32".into()];
+    })
+    .await;
+    assert_eq!(post(&rfc_proxied, &[("forwarded", "for=\"[2001:db8::5]:1234\"")]).await, 200, "IPv6 through Forwarded");
+    assert_eq!(post(&rfc_proxied, &[("forwarded", "for=2001:db9::5")]).await, 403);
+    assert_eq!(post(&rfc_proxied, &[("forwarded", "for=198.51.100.7, for=_hidden")]).await, 403, "an unreadable hop lets nobody in");
 
     // Anonymous publishing is for this machine: a trusted local proxy's remote client is not.
     let anonymous = TestServer::with(|c| c.access.trusted_proxies = vec!["127.0.0.0/8".into()]).await;
     assert_eq!(post(&anonymous, &[]).await, 200);
     assert_eq!(post(&anonymous, &[("x-forwarded-for", "203.0.113.1")]).await, 403);
+    assert_eq!(post(&anonymous, &[("x-forwarded-for", "unknown")]).await, 403, "an unreadable client is not this machine");
     assert_eq!(post(&anonymous, &[("x-forwarded-for", "127.0.0.2")]).await, 200);
 
     // IPv6 peers, on ::1.

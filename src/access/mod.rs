@@ -304,7 +304,10 @@ impl Gate {
             publish.push((c.pattern.clone(), publ));
         }
         Ok(Gate {
-            proxies: Proxies::new(config.access.trusted_proxies.iter().filter_map(|n| parse_net(n).ok()).collect()),
+            proxies: Proxies::new(
+                config.access.trusted_proxies.iter().filter_map(|n| parse_net(n).ok()).collect(),
+                config.access.forwarded_header == crate::config::access::ForwardedHeader::Forwarded,
+            ),
             subscribe: RuleTable::new(subscribe, global_sub),
             publish: RuleTable::new(publish, global_pub),
             stats: Policy::compile(&config.access.stats, "access.stats")?,

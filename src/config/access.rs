@@ -27,6 +27,9 @@ pub struct AccessConfig {
     /// Proxies (addresses or CIDRs) whose `X-Forwarded-For` / `Forwarded` headers name the
     /// client. From any other peer those headers are ignored.
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies write: `x-forwarded-for` (the default) or `forwarded`.
+    /// Only that one is read: a proxy passes the other through as the client sent it.
+    pub forwarded_header: ForwardedHeader,
     /// Event streams one client address may hold open at once (429 beyond); 0: no limit.
     pub max_streams_per_client: usize,
     /// Event streams one user (as a token or the token route names it) may hold open at once
@@ -353,6 +356,14 @@ pub struct PublishRateConfig {
     pub per_second: u32,
     /// Requests allowed at once after a quiet spell; 0: the same as `per_second`.
     pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
