@@ -113,6 +113,35 @@ async fn the_token_route_always_checks_its_token() {
     table.drop_table().await;
 }
 
+/// One address guessing tokens is held to `failures_per_minute` refusals, then answered 429
+/// without a query; others are not affected.
+#[tokio::test]
+async fn an_address_guessing_tokens_is_stopped_before_the_database() {
+    let table = Table::create("guess").await;
+    let server = TestServer::with(|c| {
+        config(c, DSN, table.query());
+        c.access.postgres.failures_per_minute = 3;
+        // Clients come through this machine's proxy, so two of them can be told apart.
+        c.access.trusted_proxies = vec!["127.0.0.1".into(), "::1".into()];
+    })
+    .await;
+    let get = async |path: &str, client: &str| {
+        http().get(server.url(path)).header("x-forwarded-for", client).send().await.unwrap().status().as_u16()
+    };
+    let mut seen = Vec::new();
+    for i in 0..6 {
+        seen.push(get(&format!("/subscribe/a/user-1/guess-{i}"), "198.51.100.7").await);
+    }
+    // Three refusals within the rate, the fourth over it (which blocks), then no more queries.
+    assert_eq!(&seen[..4], [403, 403, 403, 403], "{seen:?}");
+    assert!(seen[4..].iter().all(|s| *s == 429), "{seen:?}");
+    // Even its right token waits now; another address is not held back.
+    assert_eq!(get("/subscribe/a/user-1/nonce-1", "198.51.100.7").await, 429);
+    assert_eq!(get("/subscribe/a/user-1/nonce-1", "198.51.100.8").await, 200);
+    server.shutdown().await;
+    table.drop_table().await;
+}
+
 #[tokio::test]
 async fn a_yes_is_remembered_for_the_cache_ttl_and_a_no_never() {
     let table = Table::create("cache").await;

@@ -229,6 +229,8 @@ struct TokenCheck<'a> {
     store: Option<&'a postgres::TokenStore>,
     token_route: &'a str,
     facts: &'a Facts<'a>,
+    /// The client's address (after trusted proxies), which refused database checks count against.
+    client: IpAddr,
     result: Option<Result<Arc<jwt::Grant>, Denied>>,
     stored: Option<Result<(), Denied>>,
 }
@@ -242,7 +244,7 @@ impl TokenCheck<'_> {
         let result = match (self.store, self.facts.path_credential) {
             (None, _) => Err(Denied::forbidden("no token database is configured (access.postgres)".into())),
             (Some(_), None) => Err(Denied::missing(format!("send the user and the token in the path: {}", self.token_route), false)),
-            (Some(store), Some((user, token))) => store.check(user, token).await,
+            (Some(store), Some((user, token))) => store.check(self.client, user, token).await,
         };
         self.stored = Some(result.clone());
         result
@@ -327,12 +329,13 @@ impl Gate {
         })
     }
 
-    fn token_check<'a>(&'a self, facts: &'a Facts<'a>) -> TokenCheck<'a> {
+    fn token_check<'a>(&'a self, facts: &'a Facts<'a>, client: IpAddr) -> TokenCheck<'a> {
         TokenCheck {
             verifier: self.jwt.as_ref(),
             store: self.postgres.as_ref(),
             token_route: &self.token_route,
             facts,
+            client,
             result: None,
             stored: None,
         }
@@ -351,7 +354,7 @@ impl Gate {
     ) -> Result<Admission, Denied> {
         checkpoint.0.store(true, Ordering::Release);
         let client = self.proxies.client(facts.peer, facts.headers);
-        let mut token = self.token_check(facts);
+        let mut token = self.token_check(facts, client);
         let policies = distinct_policies(&self.subscribe, channels);
         for (policy, names) in &policies {
             admit(policy, names, facts, client, &mut token, Action::Subscribe).await?;
@@ -405,7 +408,9 @@ impl Gate {
     pub async fn stats(&self, checkpoint: &Checkpoint, facts: &Facts<'_>) -> Result<(), Denied> {
         checkpoint.0.store(true, Ordering::Release);
         let client = self.proxies.client(facts.peer, facts.headers);
-        admit(&self.stats, &[], facts, client, &mut self.token_check(facts), Action::Read).await.inspect_err(|d| refused("stats", facts, d))
+        admit(&self.stats, &[], facts, client, &mut self.token_check(facts, client), Action::Read)
+            .await
+            .inspect_err(|d| refused("stats", facts, d))
     }
 
     /// May this request publish to all of `channels`, and (`to_users`) address events to users?
@@ -436,7 +441,7 @@ impl Gate {
         }
         // Behind a trusted proxy on this machine, the proxy's client decides, not the proxy.
         let client = self.proxies.client(facts.peer, facts.headers);
-        let mut token = self.token_check(facts);
+        let mut token = self.token_check(facts, client);
         let mut policies = distinct_policies(&self.publish, channels);
         if to_users {
             // Addressing users is the global policy's to allow; a token's publish claim must

@@ -1,7 +1,9 @@
 //! Tokens kept in PostgreSQL (the Go RabbitMQ server's model): a user's token is valid when the
 //! configured query returns a row for it. Connections come from a pool; a yes is remembered for
-//! `cache_ttl`, a no never (a token just issued must work at once). The database being down
-//! lets nobody in: 503, never a guess.
+//! `cache_ttl`, a no never (a token just issued must work at once). A client address whose
+//! tokens keep being refused is held to `failures_per_minute` queries that say no, so that one
+//! host guessing tokens cannot take the pool from everyone. The database being down lets
+//! nobody in: 503, never a guess.
 
 use super::Denied;
 use crate::config::ConfigError;
@@ -9,6 +11,7 @@ use crate::config::access::PostgresConfig;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +25,14 @@ pub struct TokenStore {
     cache_ttl: Duration,
     /// SHA-256 of (user, token) -> when the database said yes.
     remembered: quick_cache::sync::Cache<[u8; 32], Instant>,
+    /// Refused checks per client address.
+    failures: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses over their refusals, and since when.
+    blocked: quick_cache::sync::Cache<IpAddr, Instant>,
 }
+
+/// How long an address over its refusals is answered 429 without a query.
+const BLOCKED_FOR: Duration = Duration::from_secs(60);
 
 impl TokenStore {
     /// From validated configuration; connects lazily (start-up does not wait for the database).
@@ -45,16 +55,24 @@ impl TokenStore {
             timeout: config.timeout,
             cache_ttl: config.cache_ttl,
             remembered: quick_cache::sync::Cache::new(REMEMBERED),
+            failures: std::num::NonZeroU32::new(config.failures_per_minute)
+                .map(|n| governor::DefaultKeyedRateLimiter::keyed(governor::Quota::per_minute(n))),
+            blocked: quick_cache::sync::Cache::new(REMEMBERED),
         })
     }
 
-    /// Is `token` valid for `user`? 403 when not, 503 when the database cannot say.
-    pub async fn check(&self, user: &str, token: &str) -> Result<(), Denied> {
+    /// Is `token` valid for `user`, asked by `client`? 403 when not, 503 when the database
+    /// cannot say, 429 when the client's refusals are over `failures_per_minute`.
+    pub async fn check(&self, client: IpAddr, user: &str, token: &str) -> Result<(), Denied> {
         let key = digest(user, token);
         if let Some(at) = self.remembered.get(&key) {
             if at.elapsed() < self.cache_ttl {
                 return Ok(());
             }
+        }
+        // A client out of refusals is not let near the database for a minute.
+        if self.blocked.get(&client).is_some_and(|since| since.elapsed() < BLOCKED_FOR) {
+            return Err(too_many_refusals());
         }
         match tokio::time::timeout(self.timeout, self.ask(user, token)).await {
             Ok(Ok(true)) => {
@@ -63,7 +81,17 @@ impl TokenStore {
                 }
                 Ok(())
             }
-            Ok(Ok(false)) => Err(Denied::forbidden("the token is not valid for this user".into())),
+            Ok(Ok(false)) => {
+                if let Some(limit) = &self.failures {
+                    if limit.len() > 100_000 {
+                        limit.retain_recent();
+                    }
+                    if limit.check_key(&client).is_err() {
+                        self.blocked.insert(client, Instant::now());
+                    }
+                }
+                Err(Denied::forbidden("the token is not valid for this user".into()))
+            }
             Ok(Err(e)) => Err(unavailable(&e)),
             Err(_) => Err(unavailable(&format!("no answer within {:?} (access.postgres.timeout)", self.timeout))),
         }
@@ -83,6 +111,15 @@ impl TokenStore {
                 None => e.to_string(),
             }),
         }
+    }
+}
+
+fn too_many_refusals() -> Denied {
+    Denied {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "too many refused tokens from this address (access.postgres.failures_per_minute): retry in a minute".into(),
+        bearer: false,
+        retry_after: Some(60),
     }
 }
 

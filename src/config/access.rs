@@ -60,6 +60,9 @@ pub struct PostgresConfig {
     /// How long a yes is remembered; `0s`: the database is asked every time. A no never is.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Refused tokens one client address may try per minute before it is answered 429 without
+    /// a query; 0: no limit.
+    pub failures_per_minute: u32,
     /// CA certificates (PEM) the server's certificate must chain to; default: the system's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -83,6 +86,7 @@ impl Default for PostgresConfig {
             pool_size: 8,
             timeout: Duration::from_secs(2),
             cache_ttl: Duration::from_secs(30),
+            failures_per_minute: 60,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
