@@ -15,3 +15,4 @@ pub mod hub;
 pub mod json;
 pub mod sse;
 pub mod telemetry;
+pub mod tls;

@@ -647,6 +647,28 @@ async fn nats_a_stream_recreated_past_the_old_sequence_is_detected() {
     assert_eq!(publish(&a, "r", "three").await.status(), 503);
 }
 
+/// An `Idempotency-Key` holds across nodes: a retry sent to another node (its first node went
+/// away before answering, say) publishes nothing and is answered with the first ids.
+async fn a_key_published_on_one_node_is_a_repeat_on_another(bus: Bus) {
+    let (a, b) = (node(&bus).await, node(&bus).await);
+    let mut sub = Sse::open(&b.url("/sse/k")).await;
+    support::subscribers(&b, "k", 1).await;
+    let send = |n: &TestServer, data: &str| {
+        http().post(n.url("/sse/k")).header("idempotency-key", "cluster-retry").json(&json!([{ "data": data }, { "data": "2" }])).send()
+    };
+    let first = send(&a, "1").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = send(&b, "1").await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first, "the first publish's ids");
+    let got = sub.events(2).await;
+    assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+    assert_eq!(ids(&got), first["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect::<Vec<_>>());
+    sub.expect_no_event(Duration::from_millis(500)).await;
+}
+
 /// The scenarios that run the same way on both buses: once over Redis, once over NATS.
 macro_rules! on_both_buses {
     ($($scenario:ident: $tag:literal),* $(,)?) => {
@@ -675,6 +697,7 @@ on_both_buses! {
     a_node_restarted_mid_stream_catches_up: "restart",
     history_loaded_from_the_bus_keeps_its_age: "aged",
     an_event_a_node_cannot_apply_is_counted_and_shown: "unapplied",
+    a_key_published_on_one_node_is_a_repeat_on_another: "once",
 }
 
 /// An event addressed to a user, published on one node, reaches that user's stream on another

@@ -12,7 +12,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Answers remembered at most.
@@ -146,81 +145,13 @@ fn unavailable(why: &dyn std::fmt::Display) -> Denied {
 /// TLS for the connections, used as the DSN's `sslmode` says (`prefer` by default, `require`,
 /// `disable`): the server's certificate is checked against `ca_file`, else the system's roots.
 fn tls(config: &PostgresConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |key: &str, message: String| ConfigError::Invalid { key: format!("access.postgres.{key}"), message };
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad("ca_file", format!("{}: {e}", path.display())))? {
-                let cert = cert.map_err(|e| bad("ca_file", format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| bad("ca_file", format!("{}: {e}", path.display())))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("dsn", format!("TLS: {e}")))?;
-    let builder = if config.tls_insecure {
-        versions.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-    } else {
-        versions.with_root_certificates(roots)
+    let files = crate::tls::ClientTls {
+        ca_file: config.ca_file.clone(),
+        cert_file: config.client_cert_file.clone(),
+        key_file: config.client_key_file.clone(),
+        insecure: config.tls_insecure,
     };
-    let tls = match (&config.client_cert_file, &config.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| bad("client_cert_file", format!("{}: {e}", cert.display())))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("client_key_file", format!("{}: {e}", key.display())))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad("client_key_file", e.to_string()))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    let names = crate::tls::KeyNames { ca_file: "ca_file", cert_file: "client_cert_file", key_file: "client_key_file" };
+    let tls = files.client_config("access.postgres", &names)?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-}
-
-/// `tls_insecure`: any certificate is taken (the handshake's signatures are still checked, so
-/// the session is encrypted to whoever holds the certificate's key).
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -10,7 +10,7 @@ pub mod nats;
 pub mod redis;
 
 use crate::hub::Hub;
-pub use crate::hub::replication::{Bus, BusError, BusState, Incoming, Outgoing};
+pub use crate::hub::replication::{Appended, Bus, BusError, BusState, Incoming, Outgoing};
 use std::sync::Arc;
 
 /// Connects the hub to its configured bus: loads what the bus retains (waiting at most a few

@@ -9,13 +9,14 @@
 //! every node. Each node reads the stream with an ordered consumer, and starts a new one after
 //! the last sequence it applied when the old one fails.
 
-use super::{Bus, BusError, BusState, Incoming, Outgoing};
+use super::{Appended, Bus, BusError, BusState, Incoming, Outgoing};
 use crate::config::ClusterConfig;
 use crate::hub::Hub;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use sha2::Digest;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -68,6 +69,9 @@ impl NatsBus {
             max_age: config.max_age,
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::Old,
+            // How long JetStream drops a message whose `Nats-Msg-Id` it has seen: what makes an
+            // idempotency key hold across nodes.
+            duplicate_window: hub.config().dedupe_window,
             ..Default::default()
         };
         let state = Arc::new(BusState::default());
@@ -86,10 +90,20 @@ impl NatsBus {
         Ok((bus, on_loaded))
     }
 
-    async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
+    async fn append_all(&self, events: &[Outgoing], key: Option<&str>) -> Result<Appended, BusError> {
         self.state.check_usable("nats")?;
-        let first = self.sent.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let ids: Vec<String> = (0..events.len() as u64).map(|i| format!("{}-{}", self.node, first + i)).collect();
+        let ids: Vec<String> = match key {
+            // The same on every node, so JetStream drops another node's repeat. Hashed: a key
+            // may hold what a header value may not.
+            Some(key) => {
+                let digest = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+                (0..events.len()).map(|i| format!("k-{digest}-{i}")).collect()
+            }
+            None => {
+                let first = self.sent.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                (0..events.len() as u64).map(|i| format!("{}-{}", self.node, first + i)).collect()
+            }
+        };
         let mut tries = 0;
         loop {
             tries += 1;
@@ -104,7 +118,7 @@ impl NatsBus {
         }
     }
 
-    async fn send_batch(&self, events: &[Outgoing], ids: &[String]) -> Result<Vec<u64>, BusError> {
+    async fn send_batch(&self, events: &[Outgoing], ids: &[String]) -> Result<Appended, BusError> {
         let fail = |message: String| BusError { kind: "nats", message };
         // Send them all, then collect the acknowledgements: one round trip for a batch, and the
         // stream keeps the order they were sent in.
@@ -126,10 +140,14 @@ impl NatsBus {
             acks.push(ack);
         }
         let mut positions = Vec::with_capacity(acks.len());
+        let mut repeat = false;
         for ack in acks {
-            positions.push(ack.await.map_err(|e| fail(e.to_string()))?.sequence);
+            let ack = ack.await.map_err(|e| fail(e.to_string()))?;
+            // A repeat's acknowledgement carries the first copy's sequence.
+            repeat |= ack.duplicate;
+            positions.push(ack.sequence);
         }
-        Ok(positions)
+        Ok(Appended { positions, repeat })
     }
 }
 
@@ -138,8 +156,8 @@ impl Bus for NatsBus {
         "nats"
     }
 
-    fn append<'a>(&'a self, events: &'a [Outgoing]) -> BoxFuture<'a, Result<Vec<u64>, BusError>> {
-        Box::pin(self.append_all(events))
+    fn append<'a>(&'a self, events: &'a [Outgoing], key: Option<&'a str>) -> BoxFuture<'a, Result<Appended, BusError>> {
+        Box::pin(self.append_all(events, key))
     }
 
     fn state(&self) -> &BusState {

@@ -10,7 +10,7 @@
 //! Positions are the entry ids: `<ms>-<seq>` becomes `ms << 20 | seq`, the same number on every
 //! node, written as the decimal event id.
 
-use super::{Bus, BusError, BusState, Incoming, Outgoing};
+use super::{Appended, Bus, BusError, BusState, Incoming, Outgoing};
 use crate::config::ClusterConfig;
 use crate::hub::Hub;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamMaxlen, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use sha2::Digest;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -38,7 +39,30 @@ pub struct RedisBus {
     /// The connection publishes go through, made on first use and dropped on error.
     conn: Mutex<Option<MultiplexedConnection>>,
     state: Arc<BusState>,
+    /// How long an idempotency key's record (`<stream>:once:<digest>`) lives.
+    dedupe_window: Duration,
 }
+
+/// A keyed append, atomic in Redis: the key's record says whether the batch was appended
+/// already (by any node) and where; if not, the entries are added and the record written.
+/// KEYS: the stream, the key's record. ARGV: the record's lifetime in ms, the stream's MAXLEN,
+/// then per entry its field count and fields.
+const APPEND_ONCE: &str = r"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {1, seen} end
+local ids = {}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local args = {KEYS[1], 'MAXLEN', '~', ARGV[2], '*'}
+  for j = 1, n do args[#args + 1] = ARGV[i + j] end
+  i = i + n + 1
+  ids[#ids + 1] = redis.call('XADD', unpack(args))
+end
+local joined = table.concat(ids, ' ')
+redis.call('SET', KEYS[2], joined, 'PX', ARGV[1])
+return {0, joined}
+";
 
 impl RedisBus {
     /// Starts the reader; the receiver resolves once the retained entries are loaded.
@@ -51,6 +75,7 @@ impl RedisBus {
             max_len: config.max_len,
             conn: Mutex::new(None),
             state: state.clone(),
+            dedupe_window: hub.config().dedupe_window,
         });
         let (loaded, on_loaded) = oneshot::channel();
         let reader = Reader { hub: Arc::downgrade(hub), client, stream: config.stream.clone(), max_len: config.max_len, state };
@@ -71,9 +96,12 @@ impl RedisBus {
         Ok(conn)
     }
 
-    async fn append_all(&self, events: &[Outgoing]) -> Result<Vec<u64>, BusError> {
+    async fn append_all(&self, events: &[Outgoing], key: Option<&str>) -> Result<Appended, BusError> {
         let fail = |e: redis::RedisError| BusError { kind: "redis", message: e.to_string() };
         let mut conn = self.connection().await.map_err(fail)?;
+        if let Some(key) = key {
+            return self.append_once(&mut conn, events, key).await;
+        }
         // One MULTI: the batch is on the stream whole or not at all, so a publisher told 503
         // never has part of its batch delivered.
         let mut pipe = redis::pipe();
@@ -94,10 +122,35 @@ impl RedisBus {
                 return Err(fail(e));
             }
         };
-        ids.iter()
-            .map(|id| position(id).ok_or_else(|| BusError { kind: "redis", message: format!("unexpected entry id `{id}`") }))
-            .collect()
+        Ok(Appended { positions: positions(ids.iter().map(String::as_str))?, repeat: false })
     }
+
+    async fn append_once(&self, conn: &mut MultiplexedConnection, events: &[Outgoing], key: &str) -> Result<Appended, BusError> {
+        let record = format!("{}:once:{}", self.stream, hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]));
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND_ONCE).arg(2).arg(&self.stream).arg(&record);
+        cmd.arg(self.dedupe_window.as_millis() as u64).arg(self.max_len);
+        for ev in events {
+            let channels = ev.channels.iter().map(|c| &**c).collect::<Vec<_>>().join("\n");
+            let n = if ev.custom_id.is_some() { 6 } else { 4 };
+            cmd.arg(n).arg("c").arg(channels).arg("f").arg(&ev.partial[..]);
+            if let Some(id) = &ev.custom_id {
+                cmd.arg("i").arg(id);
+            }
+        }
+        let (seen, ids): (i64, String) = match cmd.query_async(conn).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                *self.conn.lock() = None;
+                return Err(BusError { kind: "redis", message: e.to_string() });
+            }
+        };
+        Ok(Appended { positions: positions(ids.split(' ').filter(|s| !s.is_empty()))?, repeat: seen == 1 })
+    }
+}
+
+fn positions<'a>(ids: impl Iterator<Item = &'a str>) -> Result<Vec<u64>, BusError> {
+    ids.map(|id| position(id).ok_or_else(|| BusError { kind: "redis", message: format!("unexpected entry id `{id}`") })).collect()
 }
 
 impl Bus for RedisBus {
@@ -105,8 +158,8 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    fn append<'a>(&'a self, events: &'a [Outgoing]) -> BoxFuture<'a, Result<Vec<u64>, BusError>> {
-        Box::pin(self.append_all(events))
+    fn append<'a>(&'a self, events: &'a [Outgoing], key: Option<&'a str>) -> BoxFuture<'a, Result<Appended, BusError>> {
+        Box::pin(self.append_all(events, key))
     }
 
     fn state(&self) -> &BusState {

@@ -50,6 +50,10 @@ pub struct Config {
     pub max_channel_name_length: usize,
     /// What happens to a subscriber that falls further behind than history reaches.
     pub lag_policy: LagPolicy,
+    /// How long an idempotency key (a broker message's id, an HTTP `Idempotency-Key`) is
+    /// remembered: a repeat within it publishes nothing.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
     /// How long shutdown waits for connections to finish after streams are ended.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -233,6 +237,7 @@ impl Default for Config {
             max_channels_per_connection: 1024,
             max_channel_name_length: 200,
             lag_policy: LagPolicy::Notify,
+            dedupe_window: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             history: HistoryConfig::default(),
@@ -295,6 +300,9 @@ impl Config {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
         if self.workers > 1024 {
             return bad("workers", "must be at most 1024 (0 means one per CPU core)".into());
+        }
+        if self.dedupe_window < Duration::from_secs(1) || self.dedupe_window > Duration::from_secs(7 * 86_400) {
+            return bad("dedupe_window", "must be between 1s and 7d".into());
         }
         if self.max_channels == 0 {
             return bad("max_channels", "must be at least 1".into());

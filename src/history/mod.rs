@@ -30,6 +30,14 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// after that.
     fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError>;
 
+    /// Like [`append`](Self::append), with the idempotency key the events were published under,
+    /// written with them so that it outlives a restart. A store that keeps nothing across
+    /// restarts has no use for it.
+    fn append_marked(&self, events: &[Arc<Event>], mark: Mark) -> Result<Option<Durable>, StoreError> {
+        let _ = mark;
+        self.append(events)
+    }
+
     /// Events of `channel` after position `after` that are older than the window, oldest first,
     /// at most `limit`. `None` (what both stores answer: the windows hold all they keep) means the
     /// store keeps nothing beyond the window.
@@ -54,6 +62,18 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(futures_util::future::ready(Ok(())))
     }
+}
+
+/// An idempotency key and what it stands for (see `hub/dedupe.rs`): the ids of the publish
+/// made under it, and a digest of what was published (an HTTP retry must repeat the same
+/// request, or it is told the key is reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub key: Box<str>,
+    pub ids: Vec<String>,
+    pub fingerprint: [u8; 32],
+    /// When the key is forgotten (µs since the epoch).
+    pub expires_wall_us: u64,
 }
 
 /// Resolves once appended events are durable (or could not be made so).

@@ -73,6 +73,8 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::Event { too_large: true, .. } => ApiError::too_large(e.to_string()),
             PublishError::Event { .. } => ApiError::bad_request(e.to_string()),
+            // As the IETF Idempotency-Key draft says: the key stands for another request.
+            PublishError::KeyReused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             PublishError::Channel(e) => e.into(),
             // What the engine said (paths, addresses, its own words) is for the operator's log;
             // the client is told what failed, in words that do not change.

@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::gate::Asker;
 use crate::event::Draft;
-use crate::hub::{Hub, Submission};
+use crate::hub::{Hub, Ingested, Once, Submission};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -146,23 +146,36 @@ pub async fn to_path(
     RawQuery(raw): RawQuery,
     asker: Asker,
     body: Body,
-) -> Result<Json<Published>, ApiError> {
+) -> Result<Answer, ApiError> {
     handle(&state, Target::Path(channel), raw.as_deref(), &asker, body).await
 }
 
 /// `POST /publish`.
-pub async fn to_body(
-    State(state): State<AppState>,
-    RawQuery(raw): RawQuery,
-    asker: Asker,
-    body: Body,
-) -> Result<Json<Published>, ApiError> {
+pub async fn to_body(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker, body: Body) -> Result<Answer, ApiError> {
     handle(&state, Target::Body, raw.as_deref(), &asker, body).await
 }
 
-async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Asker, body: Body) -> Result<Json<Published>, ApiError> {
+/// The ids, and on a repeat of an `Idempotency-Key`, `Idempotent-Replayed: true`.
+type Answer = (HeaderMap, Json<Published>);
+
+/// The longest `Idempotency-Key` taken.
+const MAX_KEY_LEN: usize = 255;
+
+/// The request's `Idempotency-Key`, if it has one that can be used.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bad = || ApiError::bad_request(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"));
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(bad());
+    }
+    Ok(Some(key))
+}
+
+async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Asker, body: Body) -> Result<Answer, ApiError> {
     let hub = &*state.hub;
     let headers = &asker.headers;
+    let key = idempotency_key(headers)?;
     let format = format_of(headers)?;
     let bytes = read_body(hub, headers, body).await?;
     let drafts = match format {
@@ -187,7 +200,7 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     }
     let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
     state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
-    publish(hub, drafts).await
+    publish(hub, drafts, key).await
 }
 
 fn at(index: usize, message: String) -> ApiError {
@@ -250,9 +263,23 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Resul
     Ok((draft, channels, users))
 }
 
-/// Hands the request's events to the hub's publish path: a batch is all or nothing.
-async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>) -> Result<Json<Published>, ApiError> {
-    let batch = drafts.into_iter().map(|(to, draft)| Submission { channels: to.channels, users: to.users, draft }).collect();
-    let ids = hub.ingest(batch).await?;
-    Ok(Json(Published { ids }))
+/// Hands the request's events to the hub's publish path: a batch is all or nothing, and with
+/// an `Idempotency-Key`, published once.
+async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>, key: Option<&str>) -> Result<Answer, ApiError> {
+    let batch: Vec<Submission> =
+        drafts.into_iter().map(|(to, draft)| Submission { channels: to.channels, users: to.users, draft }).collect();
+    let mut headers = HeaderMap::new();
+    let ids = match key {
+        None => hub.ingest(batch).await?,
+        Some(key) => {
+            let once = Once::of_batch(format!("http:{key}"), &batch);
+            let ingested = hub.ingest_once(once, batch).await?;
+            if ingested.is_repeat() {
+                headers.insert("idempotent-replayed", http::HeaderValue::from_static("true"));
+            }
+            let (Ingested::Published(ids) | Ingested::Repeat(ids)) = ingested;
+            ids
+        }
+    };
+    Ok((headers, Json(Published { ids })))
 }

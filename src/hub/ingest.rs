@@ -3,7 +3,9 @@
 //! its users), its channels or its users' logs are found or made, and the whole batch is
 //! numbered, appended to history and fanned out, all or nothing.
 
+use super::dedupe::Claim;
 use super::{Hub, Publication, PublishError, users};
+use crate::event::now_wall_us;
 use crate::event::{Draft, DraftError};
 use std::sync::Arc;
 
@@ -18,10 +20,109 @@ pub struct Submission {
     pub draft: Draft,
 }
 
+/// An idempotency key for a publish, with a digest of what is published under it.
+#[derive(Debug, Clone)]
+pub struct Once {
+    /// Unique across origins: a source's keys start with its name, HTTP's with `http:`.
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+impl Once {
+    /// A key for `batch`, with a digest of everything that is published: two requests with the
+    /// same events have the same digest, however their bodies were written.
+    pub fn of_batch(key: String, batch: &[Submission]) -> Once {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        for sub in batch {
+            // Counts first, so that no list can pass for another.
+            field(&(sub.channels.len() as u64).to_le_bytes());
+            for c in &sub.channels {
+                field(c.as_bytes());
+            }
+            field(&(sub.users.len() as u64).to_le_bytes());
+            for u in &sub.users {
+                field(u.as_bytes());
+            }
+            let d = &sub.draft;
+            // Absent and present fields never hash alike: a present one has a mark before it.
+            for f in [d.id.clone(), d.event.clone(), d.retry.map(|r| r.to_string())] {
+                match f {
+                    Some(v) => {
+                        field(b"=");
+                        field(v.as_bytes());
+                    }
+                    None => field(b"-"),
+                }
+            }
+            field(d.data.as_bytes());
+        }
+        Once { key, fingerprint: h.finalize().into() }
+    }
+}
+
+/// What a keyed publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Published(Vec<String>),
+    /// The key was published under within `dedupe_window`: nothing was, now; these are the
+    /// first publish's ids.
+    Repeat(Vec<String>),
+}
+
+impl Ingested {
+    pub fn ids(&self) -> &[String] {
+        match self {
+            Ingested::Published(ids) | Ingested::Repeat(ids) => ids,
+        }
+    }
+
+    pub fn is_repeat(&self) -> bool {
+        matches!(self, Ingested::Repeat(_))
+    }
+}
+
 impl Hub {
     /// Validates every submission, then publishes them all in order; returns their ids. The
     /// first invalid one refuses the batch, saying which it was and why.
     pub async fn ingest(&self, batch: Vec<Submission>) -> Result<Vec<String>, PublishError> {
+        let items = self.prepare(batch)?;
+        self.publish(items).await
+    }
+
+    /// [`Hub::ingest`] at most once per key within `dedupe_window`: a repeat publishes nothing
+    /// and gets the first publish's ids. A repeat that arrives while the first is being
+    /// published waits for it; if the first fails, the repeat publishes.
+    pub async fn ingest_once(&self, once: Once, batch: Vec<Submission>) -> Result<Ingested, PublishError> {
+        loop {
+            match self.dedupe.claim(&once.key, once.fingerprint, now_wall_us()) {
+                Claim::Repeat(ids) => return Ok(Ingested::Repeat(ids)),
+                Claim::Reused => return Err(PublishError::KeyReused(once.key)),
+                Claim::Wait(mut first) => {
+                    // Ends with the first publish, whichever way it went.
+                    let _ = first.changed().await;
+                }
+                Claim::Mine(claim) => {
+                    let items = self.prepare(batch)?;
+                    let (ids, repeat) = self.publish_keyed(items, Some(&claim)).await?;
+                    claim.done(&ids, now_wall_us());
+                    return Ok(if repeat { Ingested::Repeat(ids) } else { Ingested::Published(ids) });
+                }
+            }
+        }
+    }
+
+    /// Idempotency keys held now.
+    pub fn dedupe_keys(&self) -> usize {
+        self.dedupe.len()
+    }
+
+    /// Checks every submission and turns it into a publication.
+    fn prepare(&self, batch: Vec<Submission>) -> Result<Vec<Publication>, PublishError> {
         let config = self.config();
         let max_event = config.limits.max_event_size.as_usize();
         let max_channels = config.max_channels_per_connection;
@@ -69,7 +170,7 @@ impl Hub {
             }
             items.push(Publication { channels, frame, custom_id: sub.draft.id, pos: None, published_wall_us: None });
         }
-        self.publish(items).await
+        Ok(items)
     }
 }
 
@@ -107,5 +208,24 @@ mod tests {
         let ids = hub.ingest(vec![event(&["a", "b"], &[], "to both"), event(&[], &["alice"], "to alice")]).await.unwrap();
         assert_eq!(ids.len(), 2);
         assert_eq!(hub.stats(10, None).totals.published, 2);
+    }
+
+    #[tokio::test]
+    async fn a_key_publishes_once_and_a_failed_publish_does_not_use_it_up() {
+        let hub = hub();
+        let once = |key: &str, fp: u8| Once { key: key.into(), fingerprint: [fp; 32] };
+        let first = hub.ingest_once(once("k", 1), vec![event(&["a"], &[], "x")]).await.unwrap();
+        assert!(!first.is_repeat());
+        let again = hub.ingest_once(once("k", 1), vec![event(&["a"], &[], "x")]).await.unwrap();
+        assert_eq!(again, Ingested::Repeat(first.ids().to_vec()));
+        assert!(matches!(hub.ingest_once(once("k", 2), vec![event(&["a"], &[], "y")]).await, Err(PublishError::KeyReused(_))));
+        assert_eq!(hub.stats(10, None).totals.published, 1);
+        let bad = Submission { draft: Draft { id: Some("a\nb".into()), ..Draft::default() }, ..event(&["a"], &[], "") };
+        assert!(hub.ingest_once(once("j", 1), vec![bad]).await.is_err());
+        assert!(
+            !hub.ingest_once(once("j", 1), vec![event(&["a"], &[], "z")]).await.unwrap().is_repeat(),
+            "the failed one left the key free"
+        );
+        assert_eq!(hub.dedupe_keys(), 2);
     }
 }

@@ -6,6 +6,7 @@
 //! subscription to several channels merges them in that one order.
 
 mod channel;
+pub mod dedupe;
 mod expiry;
 mod floors;
 mod ingest;
@@ -18,7 +19,7 @@ pub mod users;
 mod visibility;
 
 pub use channel::Channel;
-pub use ingest::Submission;
+pub use ingest::{Ingested, Once, Submission};
 pub use settings::{ChannelSettings, SettingsResolver};
 pub use subscription::{Subscription, SubscriptionOptions};
 
@@ -90,6 +91,8 @@ pub struct Hub {
     keepalive_ticks: AtomicU64,
     /// Streams that end at a given second.
     expiries: expiry::Expiries,
+    /// Idempotency keys seen within `dedupe_window`.
+    dedupe: dedupe::Dedupe,
     /// In cluster mode, the bus every publish goes through.
     bus: std::sync::OnceLock<Arc<dyn Bus>>,
     /// Bumped when this node's history has a discontinuity it cannot number past (a cluster node
@@ -134,7 +137,9 @@ impl Hub {
         if let Some(base) = recovered.as_ref().map(|r| r.base_floor).filter(|&b| b > 0) {
             floors.raise_base(base);
         }
-        let (recovered_channels, dormant) = recovered.map(|r| (r.channels, r.dormant)).unwrap_or_default();
+        let dedupe = dedupe::Dedupe::new(config.dedupe_window);
+        let (recovered_channels, dormant, marks) = recovered.map(|r| (r.channels, r.dormant, r.marks)).unwrap_or_default();
+        dedupe.restore(marks, now_wall_us());
         for (name, floor) in dormant {
             floors.departed(name, floor);
         }
@@ -155,6 +160,7 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
             keepalive_ticks: AtomicU64::new(0),
             expiries: expiry::Expiries::default(),
+            dedupe,
             bus: std::sync::OnceLock::new(),
             history_epoch: AtomicU64::new(0),
         };
@@ -328,6 +334,13 @@ impl Hub {
     /// returns. In a cluster, the events are appended to the bus, and reach the windows (here
     /// and on every node) when the bus is read back.
     pub async fn publish(&self, items: Vec<Publication>) -> Result<Vec<String>, PublishError> {
+        self.publish_keyed(items, None).await.map(|(ids, _)| ids)
+    }
+
+    /// [`Hub::publish`] under an idempotency key: the key is stored with the events (or, in a
+    /// cluster, given to the bus, which may find it published already: then nothing is
+    /// appended, and the ids are the first publish's, with `true`).
+    async fn publish_keyed(&self, items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<(Vec<String>, bool), PublishError> {
         if let Some(bus) = self.bus.get() {
             let outgoing: Vec<Outgoing> = items
                 .into_iter()
@@ -338,11 +351,13 @@ impl Hub {
                 })
                 .collect();
             // Counted as published when read back from the bus, like every node's events.
-            let positions = bus.append(&outgoing).await?;
-            return Ok(outgoing.iter().zip(positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect());
+            let appended = bus.append(&outgoing, claim.map(|c| c.key())).await?;
+            let ids =
+                outgoing.iter().zip(appended.positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect();
+            return Ok((ids, appended.repeat));
         }
-        let events = self.publish_local(items).await?;
-        Ok(events.iter().map(|e| e.wire_id().into_owned()).collect())
+        let events = self.publish_local(items, claim).await?;
+        Ok((events.iter().map(|e| e.wire_id().into_owned()).collect(), false))
     }
 
     /// Events read from the cluster bus, in bus order: into the windows with the bus's
@@ -374,7 +389,7 @@ impl Hub {
             }
         }
         // The memory store completes at once: nothing to wait for.
-        futures_util::FutureExt::now_or_never(self.publish_local(items));
+        futures_util::FutureExt::now_or_never(self.publish_local(items, None));
     }
 
     /// In a cluster, what the bus retains starts after `pos` (at the first load, or after a
@@ -417,9 +432,9 @@ impl Hub {
         self.bus.get()
     }
 
-    async fn publish_local(&self, mut items: Vec<Publication>) -> Result<Vec<Arc<Event>>, PublishError> {
+    async fn publish_local(&self, mut items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<Vec<Arc<Event>>, PublishError> {
         let (events, appended) = loop {
-            match self.sequence(items) {
+            match self.sequence(items, claim) {
                 Ok(done) => break done,
                 // A channel was dropped as idle while we held it: look the names up again.
                 Err(mut back) => {
@@ -448,7 +463,7 @@ impl Hub {
     /// Numbers the events, appends them to their windows and hands them to the store, under the
     /// sequencing lock (so the store receives them in position order). Gives the publications
     /// back untouched when one of their channels was removed meanwhile.
-    fn sequence(&self, items: Vec<Publication>) -> Result<Sequenced, Vec<Publication>> {
+    fn sequence(&self, items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<Sequenced, Vec<Publication>> {
         let now = Instant::now();
         let now_ms = now_wall_us() / 1000;
         let mut seq = self.seq.lock();
@@ -489,7 +504,13 @@ impl Hub {
         let appended = if events.is_empty() {
             Ok(Appended::Nothing)
         } else {
-            match self.store.append(&events) {
+            let stored = match claim {
+                Some(claim) => {
+                    self.store.append_marked(&events, claim.mark(events.iter().map(|e| e.wire_id().into_owned()).collect(), now_wall_us()))
+                }
+                None => self.store.append(&events),
+            };
+            match stored {
                 // Durable at once (the memory store): visible now, unless an earlier publish is
                 // still settling.
                 Ok(None) => Ok(self.visibility.pushed(*seq, targets, true).map_or(Appended::Nothing, Appended::Visible)),
@@ -667,6 +688,7 @@ impl Hub {
     /// declared, have no subscriber and no history.
     pub fn sweep(&self) {
         self.expiries.wake_due(unix_now());
+        self.dedupe.expire(now_wall_us());
         let now = Instant::now();
         let channels: Vec<Arc<Channel>> = self.channels.read().values().cloned().collect();
         let mut idle = Vec::new();
@@ -780,6 +802,9 @@ pub enum PublishError {
     /// An event of the batch is not valid (`too_large`: it is over `limits.max_event_size`).
     #[error("event {index}: {reason}")]
     Event { index: usize, reason: String, too_large: bool },
+    /// An idempotency key already published with other contents.
+    #[error("idempotency key `{0}` was already used for a different request")]
+    KeyReused(String),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]

@@ -18,6 +18,14 @@ pub struct Outgoing {
     pub partial: Bytes,
 }
 
+/// What the bus did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub positions: Vec<u64>,
+    /// The batch's key was appended under already: `positions` are that append's.
+    pub repeat: bool,
+}
+
 /// An event read from the bus.
 pub struct Incoming {
     pub pos: u64,
@@ -39,8 +47,10 @@ pub struct BusError {
 pub trait Bus: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
-    /// Appends events in order; returns the position the bus gave each.
-    fn append<'a>(&'a self, events: &'a [Outgoing]) -> BoxFuture<'a, Result<Vec<u64>, BusError>>;
+    /// Appends events in order; returns the position the bus gave each. With an idempotency
+    /// key, the bus appends them at most once within the cluster's `dedupe_window`, whichever
+    /// node asks: a repeat appends nothing and answers with the first append's positions.
+    fn append<'a>(&'a self, events: &'a [Outgoing], key: Option<&'a str>) -> BoxFuture<'a, Result<Appended, BusError>>;
 
     fn state(&self) -> &BusState;
 }

@@ -17,7 +17,7 @@ mod record;
 mod tally;
 mod writer;
 
-use super::{Durable, HistoryStore, MIN_WINDOW, StoreError};
+use super::{Durable, HistoryStore, MIN_WINDOW, Mark, StoreError};
 use crate::config::HistoryConfig;
 use crate::event::Event;
 use anyhow::Context;
@@ -51,6 +51,8 @@ pub struct Recovered {
     pub deleted: u64,
     /// The newest position on disk.
     pub newest: u64,
+    /// Idempotency keys not yet expired.
+    pub marks: Vec<Mark>,
 }
 
 pub struct DiskStore {
@@ -76,6 +78,7 @@ impl DiskStore {
         })?;
         let mut recovered = recover(&engine.events, &engine.floors, config.max_memory.as_usize(), &retention_of)
             .with_context(|| format!("history.dir: read back {}", dir.display()))?;
+        recovered.marks = recover_marks(&engine.marks).with_context(|| format!("history.dir: read back {}", dir.display()))?;
         if let Some(recorded) = tally::read(dir) {
             let missing = recorded.appended.map_or(0, |a| a.saturating_sub(recovered.present + recovered.deleted));
             if missing > 0 || recorded.newest > recovered.newest {
@@ -126,7 +129,11 @@ impl HistoryStore for DiskStore {
     }
 
     fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
-        self.send(|done| Command::Append { events: events.to_vec(), done }).map(Some)
+        self.send(|done| Command::Append { events: events.to_vec(), mark: None, done }).map(Some)
+    }
+
+    fn append_marked(&self, events: &[Arc<Event>], mark: Mark) -> Result<Option<Durable>, StoreError> {
+        self.send(|done| Command::Append { events: events.to_vec(), mark: Some(mark), done }).map(Some)
     }
 
     fn problem(&self) -> Option<String> {
@@ -249,7 +256,20 @@ fn recover(events: &fjall::Keyspace, floors: &fjall::Keyspace, max_memory: usize
     let base_floor = floor_of.remove(record::BASE_FLOOR).unwrap_or(0);
     let deleted = floor_of.remove(record::DELETED).unwrap_or(0);
     let dormant = floor_of.into_iter().filter_map(|(name, floor)| Some((Arc::from(String::from_utf8(name).ok()?), floor))).collect();
-    Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, present, deleted, newest })
+    Ok(Recovered { channels, dormant, base_floor, on_disk, lost_upto: None, present, deleted, newest, marks: Vec::new() })
+}
+
+/// The idempotency keys still inside their window.
+fn recover_marks(marks: &fjall::Keyspace) -> anyhow::Result<Vec<Mark>> {
+    let mut kept = Vec::new();
+    for guard in marks.range(record::marks_after(crate::event::now_wall_us()).as_slice()..) {
+        let (key, value) = guard.into_inner().context("read an idempotency key")?;
+        match record::decode_mark(&key, &value) {
+            Some(mark) => kept.push(mark),
+            None => tracing::warn!("history store: skipping an idempotency key that cannot be read"),
+        }
+    }
+    Ok(kept)
 }
 
 /// The oldest position to load so that what is loaded fits in `budget` bytes: the newest

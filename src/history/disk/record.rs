@@ -13,6 +13,7 @@
 //! [`DELETED`], the count of event records retention ever deleted.
 
 use crate::event::Event;
+use crate::history::Mark;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -78,6 +79,38 @@ pub fn encode(event: &Event, published_wall_us: u64) -> Vec<u8> {
     }
     v.extend_from_slice(&event.frame);
     v
+}
+
+/// The `marks` keyspace (idempotency keys, see `hub/dedupe.rs`): the key is when the mark
+/// expires (µs since the epoch, 8 big-endian bytes, so that expired marks are one range at the
+/// front) then the idempotency key; the value is the digest of what was published (32 bytes)
+/// then the publish's ids, separated by newlines (which no id holds).
+pub fn mark_key(mark: &Mark) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + mark.key.len());
+    k.extend_from_slice(&mark.expires_wall_us.to_be_bytes());
+    k.extend_from_slice(mark.key.as_bytes());
+    k
+}
+
+pub fn mark_value(mark: &Mark) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + mark.ids.iter().map(|i| i.len() + 1).sum::<usize>());
+    v.extend_from_slice(&mark.fingerprint);
+    v.extend_from_slice(mark.ids.join("\n").as_bytes());
+    v
+}
+
+/// The first key of marks that expire after `wall_us`.
+pub fn marks_after(wall_us: u64) -> [u8; 8] {
+    (wall_us + 1).to_be_bytes()
+}
+
+pub fn decode_mark(key: &[u8], value: &[u8]) -> Option<Mark> {
+    let expires_wall_us = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let key = std::str::from_utf8(&key[8..]).ok()?.into();
+    let fingerprint = value.get(..32)?.try_into().ok()?;
+    let ids = std::str::from_utf8(&value[32..]).ok()?;
+    let ids = if ids.is_empty() { Vec::new() } else { ids.split('\n').map(str::to_owned).collect() };
+    Some(Mark { key, ids, fingerprint, expires_wall_us })
 }
 
 /// A stored event, read back.
@@ -163,5 +196,15 @@ mod tests {
         assert_eq!(decode(&encode(&plain, 1)).unwrap().custom_id, None);
         assert!(decode(&v[..5]).is_err());
         assert!(decode(&[2, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn marks_round_trip_and_sort_by_expiry() {
+        let mark = Mark { key: "amqp:orders:m-1".into(), ids: vec!["5".into(), "o-2".into()], fingerprint: [3; 32], expires_wall_us: 77 };
+        assert_eq!(decode_mark(&mark_key(&mark), &mark_value(&mark)), Some(mark.clone()));
+        let later = Mark { expires_wall_us: 300, key: "a".into(), ..mark.clone() };
+        assert!(mark_key(&mark) < mark_key(&later));
+        assert!(mark_key(&mark).as_slice() < marks_after(77).as_slice() && marks_after(77).as_slice() <= mark_key(&later).as_slice());
+        assert_eq!(decode_mark(b"short", b""), None);
     }
 }

@@ -9,7 +9,7 @@
 use super::record;
 use crate::config::FsyncMode;
 use crate::event::Event;
-use crate::history::{Retention, StoreError};
+use crate::history::{Mark, Retention, StoreError};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,17 +31,14 @@ pub const MAX_DORMANT_FLOORS: usize = 100_000;
 pub enum Command {
     Append {
         events: Vec<Arc<Event>>,
+        /// The idempotency key they were published under, written in the same batch.
+        mark: Option<Mark>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Make everything written so far durable.
-    Flush {
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
+    Flush { done: oneshot::Sender<Result<(), StoreError>> },
     /// Delete a reclaimed channel's events up to `upto`.
-    Forget {
-        channel: Arc<str>,
-        upto: u64,
-    },
+    Forget { channel: Arc<str>, upto: u64 },
 }
 
 /// Looks up a channel's retention (its `[[channels]]` settings, or the defaults).
@@ -53,11 +50,13 @@ struct ChannelState {
     retention: Option<Retention>,
 }
 
-/// The open database and its two keyspaces.
+/// The open database and its keyspaces.
 pub struct Engine {
     pub db: Database,
     pub events: Keyspace,
     pub floors: Keyspace,
+    /// Idempotency keys (see `record::mark_key`).
+    pub marks: Keyspace,
 }
 
 impl Engine {
@@ -65,7 +64,8 @@ impl Engine {
         let db = Database::builder(dir).open()?;
         let events = db.keyspace("events", fjall::KeyspaceCreateOptions::default)?;
         let floors = db.keyspace("floors", fjall::KeyspaceCreateOptions::default)?;
-        Ok(Engine { db, events, floors })
+        let marks = db.keyspace("marks", fjall::KeyspaceCreateOptions::default)?;
+        Ok(Engine { db, events, floors, marks })
     }
 }
 
@@ -92,6 +92,8 @@ struct Poison {
     why: String,
     /// Keys of the events whose writes failed.
     failed: Vec<Vec<u8>>,
+    /// Keys of the marks written with them: a publish that failed is no repeat.
+    failed_marks: Vec<Vec<u8>>,
     /// Reclaimed channels to delete once the store is back.
     forgets: Vec<(Arc<str>, u64)>,
 }
@@ -269,6 +271,9 @@ impl Writer {
                 if let Err(e) = self.expire() {
                     self.poisoned(format!("retention by age: {e}"), Vec::new());
                 }
+                if let Err(e) = self.expire_marks() {
+                    self.poisoned(format!("expiring idempotency keys: {e}"), Vec::new());
+                }
             }
         }
     }
@@ -289,12 +294,18 @@ impl Writer {
         let mut batch = engine.db.batch();
         let mut flush = false;
         let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut mark_keys: Vec<Vec<u8>> = Vec::new();
         let mut touched: Vec<Arc<str>> = Vec::new();
         let mut forgotten: Vec<(Arc<str>, u64)> = Vec::new();
         let wall = crate::event::now_wall_us();
         for cmd in &group {
             match cmd {
-                Command::Append { events, .. } => {
+                Command::Append { events, mark, .. } => {
+                    if let Some(mark) = mark {
+                        let key = record::mark_key(mark);
+                        batch.insert(&engine.marks, key.clone(), record::mark_value(mark));
+                        mark_keys.push(key);
+                    }
                     for ev in events {
                         let value = record::encode(ev, wall);
                         for ch in ev.channels.iter() {
@@ -335,6 +346,7 @@ impl Writer {
             self.poisoned(e.0.clone(), keys);
             if let Some(poison) = &mut self.poison {
                 poison.forgets.append(&mut forgotten);
+                poison.failed_marks.append(&mut mark_keys);
             }
             touched.clear();
         } else {
@@ -367,6 +379,26 @@ impl Writer {
         }
     }
 
+    /// Deletes the idempotency keys past their window: one range at the front of `marks`.
+    fn expire_marks(&mut self) -> fjall::Result<()> {
+        if self.poison.is_some() {
+            return Ok(());
+        }
+        let Some(engine) = &self.engine else { return Ok(()) };
+        let end = record::marks_after(crate::event::now_wall_us());
+        let mut batch = engine.db.batch();
+        let mut n = 0;
+        for guard in engine.marks.range(..end.as_slice()) {
+            batch.remove(&engine.marks, guard.key()?);
+            n += 1;
+        }
+        if n > 0 {
+            batch.commit()?;
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
     fn forget(&mut self, forgotten: Vec<(Arc<str>, u64)>) {
         for (channel, upto) in forgotten {
             match self.delete_oldest(&channel, |pos, _| pos <= upto) {
@@ -388,7 +420,7 @@ impl Writer {
                      is reopened, which is tried every second"
                 );
                 self.health.set(Some(format!("history store not writable: {why}")));
-                self.poison = Some(Poison { why, failed, forgets: Vec::new() });
+                self.poison = Some(Poison { why, failed, failed_marks: Vec::new(), forgets: Vec::new() });
             }
         }
     }
@@ -403,6 +435,9 @@ impl Writer {
             let mut batch = engine.db.batch();
             for key in &poison.failed {
                 batch.remove(&engine.events, key.clone());
+            }
+            for key in &poison.failed_marks {
+                batch.remove(&engine.marks, key.clone());
             }
             batch.commit()?;
             engine.db.persist(PersistMode::SyncAll)?;
@@ -546,7 +581,7 @@ mod tests {
         };
         let append = |writer: &mut Writer, events: Vec<Arc<Event>>| {
             let (done, _answer) = oneshot::channel();
-            writer.write_group(vec![Command::Append { events, done }]);
+            writer.write_group(vec![Command::Append { events, mark: None, done }]);
         };
         append(&mut writer, (1..=1000).map(|i| event(i, &format!("user-{i}"))).collect());
         assert_eq!(writer.channels.len(), 1000);
