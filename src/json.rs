@@ -1,7 +1,53 @@
-//! JSON values passed on as their publisher wrote them. Every publish path (HTTP today; the
-//! broker sources and the Mercure endpoint to come) takes an event's `data` and `id` as
+//! Herald's JSON event format (`{"id"?, "event"?, "data", "retry"?, "channel"?, …}`), which HTTP
+//! publishers send and broker messages may carry, and JSON values passed on as their publisher
+//! wrote them. Every publish path takes an event's `data` and `id` as
 //! [`serde_json::value::RawValue`], checked but not parsed into numbers and maps, and hands the
-//! text on through these two functions, so key order, numbers' digits and escapes survive.
+//! text on through [`data_text`] and [`string_text`], so key order, numbers' digits and escapes
+//! survive.
+
+use crate::event::Draft;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Ids and data are kept as the publisher wrote them ([`RawValue`]): a JSON value in `data` is
+/// passed on byte for byte less its insignificant whitespace (keys in their order, numbers as
+/// their text, escapes as written), and a numeric id keeps its digits however many there are.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    #[serde(default)]
+    pub id: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub event: Option<String>,
+    pub data: Box<RawValue>,
+    #[serde(default)]
+    pub retry: Option<u64>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// ssehub's name for the channel; on `POST /sse/{channel}` the URL wins, as in ssehub.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The users the event is addressed to: it reaches only their streams (of its channels, or
+    /// all of their streams when it names no channel).
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+}
+
+impl EventInput {
+    /// The event itself, taken out of the input (which keeps where it goes).
+    pub fn take_draft(&mut self) -> Result<Draft, String> {
+        let id = match self.id.take().as_deref().map(RawValue::get) {
+            None | Some("null") => None,
+            Some(raw) if raw.starts_with('"') => Some(string_text(raw)),
+            // ssehub publishers send numeric ids: their digits, exactly.
+            Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(raw.to_owned()),
+            Some(_) => return Err("`id` must be a string or a number".into()),
+        };
+        Ok(Draft { id, event: self.event.take(), data: data_text(self.data.get()), retry: self.retry })
+    }
+}
 
 /// An event's `data` from its JSON value: a string is its text, any other value its JSON text
 /// less insignificant whitespace. Every publish path takes data through this one function.

@@ -13,6 +13,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod json;
+pub mod sources;
 pub mod sse;
 pub mod telemetry;
 pub mod tls;

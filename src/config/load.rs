@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Environment variables that start with `HERALD_` but are not configuration keys.
-const NOT_KEYS: &[&str] = &["HERALD_CONFIG", "HERALD_URL"];
+const NOT_KEYS: &[&str] = &["HERALD_CONFIG", "HERALD_URL", crate::sources::ABORT_BEFORE_ACK];
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[

@@ -9,6 +9,7 @@ mod bytesize;
 mod load;
 pub mod pattern;
 mod redact;
+pub mod sources;
 
 pub use access::{AccessConfig, ChannelAccessConfig};
 pub use bytesize::ByteSize;
@@ -64,6 +65,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// Declared channels and patterns, first match wins.
     pub channels: Vec<ChannelConfig>,
+    /// Brokers and upstream streams events are taken from.
+    pub sources: Vec<sources::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +248,7 @@ impl Default for Config {
             cors: CorsConfig::default(),
             access: AccessConfig::default(),
             channels: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -369,6 +373,7 @@ impl Config {
         }
         self.cors.validate("cors")?;
         self.access.validate(self.channels.iter().filter_map(|c| c.access.as_ref()))?;
+        sources::validate_all(&self.sources)?;
         let declared = self.channels.iter().filter(|c| !pattern::is_pattern(&c.pattern)).count();
         if declared > self.max_channels {
             return bad("channels", format!("declares {declared} channels but max_channels is {}", self.max_channels));

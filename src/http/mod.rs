@@ -26,17 +26,19 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub cors: Arc<RuleTable<Arc<cors::CorsPolicy>>>,
     pub gate: Arc<Gate>,
+    /// The broker sources' states, for `/stats` and `/healthz`.
+    pub sources: Arc<crate::sources::Sources>,
 }
 
 /// All routes. Subscribing and publishing share `/sse/{channel}`, as in ssehub. Every request
 /// but a CORS preflight passes the access gate (see `gate::layer`). Fails when an access policy
 /// cannot be compiled (a `secret` rule's environment variable is missing, say).
-pub fn router(hub: Arc<Hub>) -> Result<Router, ConfigError> {
+pub fn router(hub: Arc<Hub>, sources: Arc<crate::sources::Sources>) -> Result<Router, ConfigError> {
     let cors = Arc::new(cors::rules(hub.config()));
     let gate = Arc::new(Gate::new(hub.config())?);
     let token_route = (!hub.config().access.postgres.dsn.is_empty() && !hub.config().access.postgres.route.is_empty())
         .then(|| hub.config().access.postgres.route.clone());
-    let state = AppState { hub, cors, gate };
+    let state = AppState { hub, cors, gate, sources };
     let mut router = Router::new();
     if let Some(route) = token_route {
         // Validated: literal segments and {channel}, {user}, {token}, which is axum's syntax too.

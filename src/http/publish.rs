@@ -10,39 +10,12 @@ use super::error::ApiError;
 use super::gate::Asker;
 use crate::event::Draft;
 use crate::hub::{Hub, Ingested, Once, Submission};
+use crate::json::EventInput;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-/// Ids and data are kept as the publisher wrote them ([`RawValue`]): a JSON value in `data` is
-/// passed on byte for byte less its insignificant whitespace (keys in their order, numbers as
-/// their text, escapes as written), and a numeric id keeps its digits however many there are.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventInput {
-    #[serde(default)]
-    id: Option<Box<RawValue>>,
-    #[serde(default)]
-    event: Option<String>,
-    data: Box<RawValue>,
-    #[serde(default)]
-    retry: Option<u64>,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    /// ssehub's name for the channel; on `POST /sse/{channel}` the URL wins, as in ssehub.
-    #[serde(default)]
-    path: Option<String>,
-    /// The users the event is addressed to: it reaches only their streams (of its channels, or
-    /// all of their streams when it names no channel).
-    #[serde(default)]
-    users: Option<Vec<String>>,
-}
 
 #[derive(serde::Serialize)]
 pub struct Published {
@@ -226,15 +199,7 @@ fn parse_json(hub: &Hub, bytes: &[u8]) -> Result<Vec<(EventInput, Draft)>, ApiEr
         .into_iter()
         .enumerate()
         .map(|(i, mut input)| {
-            let id = match input.id.take().as_deref().map(RawValue::get) {
-                None | Some("null") => None,
-                Some(raw) if raw.starts_with('"') => Some(crate::json::string_text(raw)),
-                // ssehub publishers send numeric ids: their digits, exactly.
-                Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => Some(raw.to_owned()),
-                Some(_) => return Err(at(i, "`id` must be a string or a number".into())),
-            };
-            let data = crate::json::data_text(input.data.get());
-            let draft = Draft { id, event: input.event.take(), data, retry: input.retry };
+            let draft = input.take_draft().map_err(|e| at(i, e))?;
             Ok((input, draft))
         })
         .collect()

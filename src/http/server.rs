@@ -27,10 +27,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     // A cluster node loads what the bus retains before it serves.
     crate::cluster::start(&hub).await.map_err(std::io::Error::other)?;
+    let sources = crate::sources::start(&hub).map_err(std::io::Error::other)?;
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let shared = Arc::new(Shared {
-        app: router(hub.clone()).map_err(std::io::Error::other)?,
+        app: router(hub.clone(), sources).map_err(std::io::Error::other)?,
         hyper,
         shutdown: CancellationToken::new(),
         body_read_timeout: hub.config().limits.body_read_timeout,

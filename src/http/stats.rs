@@ -14,7 +14,16 @@ const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
 /// `GET /stats?limit=&after=`: totals, and one page of channels in name order.
-pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Json<crate::hub::Stats>, ApiError> {
+/// The hub's figures, and the sources' when there are any.
+#[derive(serde::Serialize)]
+pub struct StatsPage {
+    #[serde(flatten)]
+    hub: crate::hub::Stats,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<crate::sources::SourceReport>,
+}
+
+pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Json<StatsPage>, ApiError> {
     state.gate.stats(&asker.checkpoint, &asker.facts(b"")).await?;
     let mut limit = DEFAULT_PAGE;
     let mut after = None;
@@ -31,22 +40,32 @@ pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (limit, after)"))),
         }
     }
-    Ok(Json(state.hub.stats(limit, after.as_deref())))
+    Ok(Json(StatsPage { hub: state.hub.stats(limit, after.as_deref()), sources: state.sources.reports() }))
 }
 
 /// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down, while the
 /// history store cannot be written (a full disk), or, in a cluster, while the bus is unreachable
-/// (the body says which, and why).
+/// (the body says which, and why), or while a source marked `required` is disconnected.
 pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint): axum::Extension<Checkpoint>) -> Response {
     // A liveness probe tells nothing about channels or events.
     checkpoint.public();
     if state.hub.is_closing() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "shutting down" }))).into_response();
     }
+    // A required source that is down makes the node not ready, whatever else is fine.
+    let down = state.sources.required_down();
+    let with_sources = |code: StatusCode, mut body: serde_json::Value| {
+        if down.is_empty() {
+            return (code, Json(body)).into_response();
+        }
+        body["status"] = "source unavailable".into();
+        body["sources_down"] = down.iter().map(|(name, error)| serde_json::json!({ "name": name, "last_error": error })).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
     let Some(bus) = state.hub.bus() else {
         let store = state.hub.store();
         return match store.problem() {
-            None => Json(serde_json::json!({ "status": "ok", "store": store.kind() })).into_response(),
+            None => with_sources(StatusCode::OK, serde_json::json!({ "status": "ok", "store": store.kind() })),
             Some(problem) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(serde_json::json!({ "status": "store unavailable", "store": store.kind(), "store_error": problem })),
@@ -65,6 +84,8 @@ pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint):
             "unapplied": state.hub.unapplied(),
         },
     });
-    let code = if bus_state.connected() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(body)).into_response()
+    if !bus_state.connected() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    with_sources(StatusCode::OK, body)
 }

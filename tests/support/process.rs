@@ -35,8 +35,13 @@ impl Served {
 
     /// `herald serve` with more arguments (`--config`, `--log-level`).
     pub fn start_with(dir: &Path, args: &[&str]) -> Served {
+        Self::spawn(herald(dir), args)
+    }
+
+    /// `herald serve` from a command the caller prepared (with environment variables, say).
+    pub fn spawn(mut command: Command, args: &[&str]) -> Served {
         let mut child =
-            herald(dir).args(["serve", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+            command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
         let log = Arc::new(Mutex::new(Vec::new()));

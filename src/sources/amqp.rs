@@ -1,0 +1,156 @@
+//! RabbitMQ (AMQP 0.9.1): a queue bound to an exchange, consumed with manual acknowledgements.
+//!
+//! The queue (`herald.<name>` by default, durable) is declared and bound at every connect, so a
+//! broker that lost it gets it back. Each message is acknowledged once the hub has accepted its
+//! event (after the store's fsync, as configured), rejected without requeue when it can never
+//! be an event (to the queue's dead-letter exchange when one is configured), and left
+//! unacknowledged while the hub cannot take it: with `prefetch` messages outstanding, the
+//! broker stops delivering, which is the backpressure. The nodes of a cluster share the named
+//! queue: RabbitMQ hands each message to one of them (competing consumers).
+
+use super::backoff::Backoff;
+use super::intake::{Intake, Outcome};
+use super::mapping::Message;
+use crate::config::sources::{ExchangeKind, QueueKind, SourceConfig};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use std::sync::Arc;
+
+/// An AMQP error, saying what was being done.
+fn fail(what: &str) -> impl Fn(lapin::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+const DEFAULT_PREFETCH: u16 = 100;
+
+/// TLS files read once, at start-up (an unreadable file stops start-up, naming its key).
+pub fn tls_of(config: &SourceConfig) -> anyhow::Result<OwnedTLSConfig> {
+    let read = |path: &std::path::Path, key: &str| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("sources.{}.tls.{key}: {}: {e}", config.name, path.display()))
+    };
+    let cert_chain = match &config.tls.ca_file {
+        Some(p) => {
+            Some(String::from_utf8(read(p, "ca_file")?).map_err(|_| anyhow::anyhow!("sources.{}.tls.ca_file: not PEM text", config.name))?)
+        }
+        None => None,
+    };
+    let identity = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 { pem: read(cert, "cert_file")?, key: read(key, "key_file")? }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig { identity, cert_chain })
+}
+
+pub async fn run(config: SourceConfig, intake: Arc<Intake>, tls: OwnedTLSConfig) {
+    let mut backoff = Backoff::new();
+    loop {
+        if intake.hub.is_closing() {
+            return;
+        }
+        match session(&config, &intake, &tls, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => intake.status.down(e),
+        }
+        backoff.wait().await;
+    }
+}
+
+/// The queue's name.
+pub fn queue_name(config: &SourceConfig) -> String {
+    config.queue.clone().unwrap_or_else(|| format!("herald.{}", config.name))
+}
+
+/// One connection, closed when it is done with. `Ok` only when the hub shuts down.
+async fn session(config: &SourceConfig, intake: &Intake, tls: &OwnedTLSConfig, backoff: &mut Backoff) -> Result<(), String> {
+    let properties = ConnectionProperties::default().with_connection_name(format!("herald source {}", config.name).into());
+    let builder = DefaultConnectionBuilder::new()
+        .map_err(fail("runtime"))?
+        .with_uri_str(config.url.clone())
+        .with_properties(properties)
+        .with_tls_config(tls.clone());
+    let conn: Connection = builder.connect().await.map_err(fail("connect"))?;
+    let result = consume(config, intake, &conn, backoff).await;
+    let _ = conn.close(200, "herald: done".into()).await;
+    result
+}
+
+/// Declare, bind, consume until it fails.
+async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection, backoff: &mut Backoff) -> Result<(), String> {
+    let channel = conn.create_channel().await.map_err(fail("open a channel"))?;
+    channel.basic_qos(config.prefetch.unwrap_or(DEFAULT_PREFETCH), BasicQosOptions::default()).await.map_err(fail("set the prefetch"))?;
+    let exchange = config.exchange.clone().unwrap_or_else(|| "amq.fanout".into());
+    let kind = config.exchange_type().expect("validated");
+    if !exchange.starts_with("amq.") {
+        let kind = match kind {
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+        };
+        let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        channel
+            .exchange_declare(exchange.as_str().into(), kind, options, FieldTable::default())
+            .await
+            .map_err(fail(&format!("declare exchange `{exchange}`")))?;
+    }
+    let queue = queue_name(config);
+    let mut arguments = FieldTable::default();
+    if config.queue_type == Some(QueueKind::Quorum) {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
+    if let Some(dlx) = &config.dead_letter_exchange {
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+    }
+    let options = QueueDeclareOptions {
+        durable: config.durable.unwrap_or(true),
+        exclusive: config.exclusive.unwrap_or(false),
+        auto_delete: config.auto_delete.unwrap_or(false),
+        ..QueueDeclareOptions::default()
+    };
+    channel.queue_declare(queue.as_str().into(), options, arguments).await.map_err(fail(&format!("declare queue `{queue}`")))?;
+    let keys = match (&config.binding_keys, kind) {
+        (Some(keys), _) => keys.clone(),
+        (None, ExchangeKind::Topic) => vec!["#".into()],
+        (None, _) => vec![String::new()],
+    };
+    for key in &keys {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(fail(&format!("bind queue `{queue}` to `{exchange}` with `{key}`")))?;
+    }
+    let tag = format!("herald-{}-{}", config.name, std::process::id());
+    let mut consumer = channel
+        .basic_consume(queue.as_str().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(fail(&format!("consume `{queue}`")))?;
+    intake.status.up();
+    backoff.reset();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery.map_err(fail("receive"))?;
+        let id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+        let msg = Message { subject: delivery.routing_key.as_str(), payload: &delivery.data };
+        let acked = match intake.take(&msg, id.as_deref()).await {
+            // Shutting down: left unacknowledged, so the broker gives it to another consumer.
+            None => return Ok(()),
+            Some(Outcome::Accepted | Outcome::Duplicate) => delivery.acker.ack(BasicAckOptions::default()).await,
+            Some(Outcome::Rejected(_)) => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+        };
+        // The event is published; if the acknowledgement is lost with the connection, the
+        // redelivery is caught by its id.
+        acked.map_err(fail("acknowledge"))?;
+    }
+    Err("the broker ended the consumer".into())
+}

@@ -1,0 +1,263 @@
+//! The RabbitMQ source against the real local RabbitMQ (127.0.0.1:5672, guest/guest), with
+//! messages published by RabbitMQ's own Rust client (lapin): mapping onto channel, type, id and
+//! data; a malformed message dead-lettered while the next good one arrives; every message
+//! exactly once across `rabbitmqctl close_all_connections`; no duplicate after Herald dies
+//! between accepting a message and acknowledging it; held messages while the store is down;
+//! two cluster nodes sharing the queue publish each message once.
+//!
+//! The tests of this file take turns (`close_all_connections` cuts every connection).
+
+mod support;
+
+use herald::config::sources::SourceConfig;
+use herald::sse::Item;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::time::Duration;
+use support::process::Served;
+use support::{Sse, TestServer, WAIT, eventually, http};
+
+const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn rabbit() -> Connection {
+    tokio::time::timeout(Duration::from_secs(5), Connection::connect(RABBIT, ConnectionProperties::default()))
+        .await
+        .unwrap_or_else(|_| panic!("RabbitMQ did not answer at {RABBIT} within 5s: start it (rabbitmq-server -detached)"))
+        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {RABBIT}: {e}. Start it (rabbitmq-server -detached)"))
+}
+
+fn unique(test: &str) -> String {
+    format!("herald-test-{test}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+fn source(toml: &str) -> SourceConfig {
+    let config: SourceConfig = toml::from_str(toml).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+/// Publishes with a fresh connection (the test's own may have been cut), retrying while the
+/// broker closes connections.
+async fn publish(exchange: &str, key: &str, body: &str, message_id: Option<&str>) {
+    for _ in 0..50 {
+        let conn = rabbit().await;
+        let Ok(ch) = conn.create_channel().await else { continue };
+        let mut props = BasicProperties::default();
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        ch.confirm_select(Default::default()).await.unwrap();
+        if let Ok(confirm) = ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), props).await
+            && confirm.await.is_ok()
+        {
+            let _ = conn.close(200, "".into()).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not publish to RabbitMQ");
+}
+
+async fn source_stats(url: &str) -> serde_json::Value {
+    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
+    stats["sources"][0].clone()
+}
+
+async fn connected(url: &str) {
+    eventually(async || source_stats(url).await["connected"] == true).await;
+}
+
+async fn cleanup(queues: &[&str], exchanges: &[&str]) {
+    let conn = rabbit().await;
+    let ch = conn.create_channel().await.unwrap();
+    for q in queues {
+        let _ = ch.queue_delete((*q).into(), QueueDeleteOptions::default()).await;
+    }
+    for x in exchanges {
+        let _ = ch.exchange_delete((*x).into(), Default::default()).await;
+    }
+}
+
+/// The events of a stream, as (id, type, data), skipping notices.
+async fn events(sse: &mut Sse, n: usize) -> Vec<(String, String, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
+            Item::Event(e) if e.event != "missed" => got.push((e.last_event_id, e.event, e.data)),
+            _ => {}
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_message_is_mapped_and_a_malformed_one_is_dead_lettered_while_the_next_arrives() {
+    let _turn = TURNS.lock().await;
+    let name = unique("map");
+    let (exchange, dlx, dlq) = (format!("{name}-x"), format!("{name}-dlx"), format!("{name}-dlq"));
+    // The dead letters' exchange and a queue to read them from.
+    let admin = rabbit().await;
+    let ch = admin.create_channel().await.unwrap();
+    ch.exchange_declare(dlx.as_str().into(), lapin::ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_declare(dlq.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    ch.queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{exchange}\"\nexchange_type = \"topic\"\n\
+         binding_keys = [\"orders.*\"]\ndead_letter_exchange = \"{dlx}\"\n\
+         [map]\nchannels = [\"orders/{{2}}\"]\nevent_field = \"/type\"\nid_field = \"/order\"\ndata_field = \"/body\""
+    ));
+    let server = TestServer::with(|c| c.sources = vec![config.clone()]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/orders/42")).await;
+    support::subscribers(&server, "orders/42", 1).await;
+    publish(&exchange, "orders.42", r#"{"type": "created", "order": "o-1", "body": {"total": 10.50, "a": [1]}}"#, Some("m1")).await;
+    publish(&exchange, "orders.42", "this is not JSON", Some("m2")).await;
+    publish(&exchange, "orders.42", r#"{"type": "paid", "order": 7, "body": "cash"}"#, Some("m3")).await;
+    // Not bound: never arrives.
+    publish(&exchange, "invoices.42", r#"{"type": "x", "order": "i", "body": 1}"#, None).await;
+    let got = events(&mut sub, 2).await;
+    assert_eq!(
+        got,
+        [
+            ("o-1".to_string(), "created".to_string(), r#"{"total":10.50,"a":[1]}"#.to_string()),
+            ("7".to_string(), "paid".to_string(), "cash".to_string())
+        ]
+    );
+    sub.expect_no_event(Duration::from_millis(300)).await;
+    // The malformed one went to the dead-letter exchange, as it was.
+    let mut dead = None;
+    for _ in 0..50 {
+        if let Some(m) = ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+            dead = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.expect("the malformed message was dead-lettered").delivery.data, b"this is not JSON");
+    let stats = source_stats(&server.url("")).await;
+    assert_eq!(
+        (stats["received"].as_u64(), stats["accepted"].as_u64(), stats["rejected"].as_u64()),
+        (Some(3), Some(2), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["type"], "amqp");
+    server.shutdown().await;
+    cleanup(&[&herald::sources::queue_name(&config), &dlq], &[&exchange, &dlx]).await;
+}
+
+#[tokio::test]
+async fn every_message_arrives_once_across_close_all_connections() {
+    let _turn = TURNS.lock().await;
+    let name = unique("cut");
+    // ssehub's set-up: the default amq.fanout exchange, JSON events carrying `path`.
+    let config =
+        source(&format!("name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\""));
+    let server = TestServer::with(|c| c.sources = vec![config.clone()]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/news")).await;
+    support::subscribers(&server, "news", 1).await;
+    let send = async |range: std::ops::Range<usize>| {
+        for i in range {
+            let body = format!(r#"{{"path": "news", "data": "m{i}"}}"#);
+            publish(&format!("{name}-x"), "", &body, Some(&format!("id-{i}"))).await;
+        }
+    };
+    send(0..20).await;
+    let status = std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald test"]).output().unwrap();
+    assert!(status.status.success(), "rabbitmqctl: {}", String::from_utf8_lossy(&status.stderr));
+    // While Herald is away the durable queue keeps them.
+    send(20..35).await;
+    connected(&server.url("")).await;
+    send(35..50).await;
+    let got = events(&mut sub, 50).await;
+    let data: Vec<String> = got.into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(data, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once, in order");
+    sub.expect_no_event(Duration::from_millis(500)).await;
+    let stats = source_stats(&server.url("")).await;
+    assert!(stats["last_error"].is_string(), "the cut shows: {stats}");
+    server.shutdown().await;
+    cleanup(&[&herald::sources::queue_name(&config)], &[&format!("{name}-x")]).await;
+}
+
+#[tokio::test]
+async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
+    let _turn = TURNS.lock().await;
+    let name = unique("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\n\
+         [sources.map]\nchannels = [\"c\"]\n"
+    );
+    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+    let args = ["--config", "herald.toml", "--log-level", "info"];
+    // The first node dies right after the first message's event is stored, before its ack.
+    let mut first = {
+        let mut cmd = support::process::herald(dir.path());
+        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
+        Served::spawn(cmd, &args)
+    };
+    connected(&first.url("")).await;
+    publish(&format!("{name}-x"), "", "once", Some("the-one")).await;
+    let exited = support::process::wait_with_timeout(&mut first.child, WAIT);
+    assert!(!exited.success(), "aborted between accept and ack");
+    let node = Served::start_with(dir.path(), &args);
+    connected(&node.url("")).await;
+    // RabbitMQ redelivers the unacknowledged message; its id says it was published.
+    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
+    publish(&format!("{name}-x"), "", "next", Some("the-two")).await;
+    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
+    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
+    let got = events(&mut sse, 2).await;
+    assert_eq!(got.iter().map(|(_, _, d)| d.as_str()).collect::<Vec<_>>(), ["once", "next"]);
+    sse.expect_no_event(Duration::from_millis(300)).await;
+    drop(node);
+    cleanup(&[&format!("herald.{name}")], &[&format!("{name}-x")]).await;
+}
+
+#[tokio::test]
+async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
+    let _turn = TURNS.lock().await;
+    let name = unique("pair");
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
+    ));
+    let stream = format!("herald-test:{name}");
+    let make = || {
+        let (config, stream) = (config.clone(), stream.clone());
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = "redis://127.0.0.1:6379".into();
+            c.cluster.stream = stream;
+        })
+    };
+    let (a, b) = (make().await, make().await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    let mut on_a = Sse::open(&a.url("/sse/c")).await;
+    let mut on_b = Sse::open(&b.url("/sse/c")).await;
+    support::subscribers(&a, "c", 1).await;
+    support::subscribers(&b, "c", 1).await;
+    for i in 0..40 {
+        publish(&format!("{name}-x"), "", &format!("m{i}"), Some(&format!("{i}"))).await;
+    }
+    for sub in [&mut on_a, &mut on_b] {
+        let got: Vec<String> = events(sub, 40).await.into_iter().map(|(_, _, d)| d).collect();
+        let mut sorted = got.clone();
+        sorted.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
+        assert_eq!(sorted, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+        sub.expect_no_event(Duration::from_millis(300)).await;
+    }
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
+    assert!(sa["accepted"].as_u64().unwrap() > 0 && sb["accepted"].as_u64().unwrap() > 0, "both nodes took messages: {sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    cleanup(&[&herald::sources::queue_name(&config)], &[&format!("{name}-x")]).await;
+}
