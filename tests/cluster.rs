@@ -8,6 +8,7 @@ mod support;
 use herald::sse::{Item, MessageEvent};
 use serde_json::json;
 use std::time::Duration;
+use support::nats::PrivateNats;
 use support::{Sse, TestServer, http};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -397,62 +398,6 @@ async fn history_loaded_from_the_bus_keeps_its_age(bus: Bus) {
     let got = sub.next_event().await;
     assert_eq!(got.last_event_id, fresh, "the event published {old} 1.7s ago is past the 1.5s ttl");
     sub.expect_no_event(Duration::from_millis(300)).await;
-}
-
-/// A `nats-server` of the test's own (so that it can be restarted), with JetStream on a temporary
-/// directory.
-struct PrivateNats {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateNats {
-    fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, dir.path());
-        PrivateNats { child, port, dir }
-    }
-
-    fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("nats-server is not installed (Debian package nats-server): the NATS outage test runs one of its own");
-        let child = std::process::Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server and starts it again on the same port and storage.
-    fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        self.child = Self::spawn(self.port, self.dir.path());
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,209 @@
+//! The NATS sources against real NATS servers, with messages published by NATS's own client
+//! (async-nats): core subjects with wildcards mapped onto channels, a malformed message rejected
+//! while the next arrives; JetStream durable consumers with every message exactly once across a
+//! restart of a private nats-server, no duplicate after Herald dies between accepting a message
+//! and acknowledging it, and `deliver = "all"` reading what was stored before Herald came.
+
+mod support;
+
+use herald::config::sources::SourceConfig;
+use herald::sse::Item;
+use std::time::Duration;
+use support::nats::PrivateNats;
+use support::process::Served;
+use support::{Sse, TestServer, WAIT, eventually, http};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+
+async fn nats(url: &str) -> async_nats::Client {
+    tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("NATS did not answer at {url} within 5s: start it (nats-server -js -p 4222)"))
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {url}: {e}. Start it (nats-server -js -p 4222)"))
+}
+
+fn unique(test: &str) -> String {
+    format!("herald_test_{test}_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+fn source(toml: &str) -> SourceConfig {
+    let config: SourceConfig = toml::from_str(toml).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+async fn source_stats(url: &str) -> serde_json::Value {
+    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
+    stats["sources"][0].clone()
+}
+
+async fn connected(url: &str) {
+    eventually(async || source_stats(url).await["connected"] == true).await;
+}
+
+async fn data(sse: &mut Sse, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
+            Item::Event(e) if e.event != "missed" => got.push(e.data),
+            _ => {}
+        }
+    }
+    got
+}
+
+/// A JetStream stream of the test's own over `subjects`.
+async fn stream(js: &async_nats::jetstream::Context, name: &str, subjects: &[&str]) {
+    let config = async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.unwrap_or_else(|e| panic!("NATS has no usable JetStream ({e}): start it with -js"));
+}
+
+async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, body: &str) {
+    // Retried while a restarted server comes back.
+    for _ in 0..100 {
+        if let Ok(ack) = js.publish(subject.to_owned(), body.to_owned().into()).await
+            && ack.await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not publish to JetStream");
+}
+
+#[tokio::test]
+async fn core_subjects_map_onto_channels_and_a_malformed_message_is_rejected() {
+    let name = unique("core");
+    let client = nats(NATS).await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"nats\"\nurl = \"{NATS}\"\nsubjects = [\"{name}.orders.*\", \"{name}.audit.>\"]\n\
+         [map]\nformat = \"json\"\nchannels = [\"{{2}}/{{3}}\"]\nevent_field = \"/kind\""
+    ));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&server.url("")).await;
+    let mut orders = Sse::open(&server.url("/sse/orders/7")).await;
+    let mut audit = Sse::open(&server.url("/sse/audit/x")).await;
+    support::subscribers(&server, "orders/7", 1).await;
+    support::subscribers(&server, "audit/x", 1).await;
+    client.publish(format!("{name}.orders.7"), r#"{"kind": "created", "n": 1}"#.into()).await.unwrap();
+    client.publish(format!("{name}.orders.7"), "not json".into()).await.unwrap();
+    client.publish(format!("{name}.orders.7"), r#"{"kind": "paid", "n": 2}"#.into()).await.unwrap();
+    client.publish(format!("{name}.audit.x.deep"), r#"{"kind": "seen"}"#.into()).await.unwrap();
+    // `*` is one token: not delivered.
+    client.publish(format!("{name}.orders.7.extra"), r#"{"kind": "no"}"#.into()).await.unwrap();
+    client.flush().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Item::Event(e) = tokio::time::timeout(WAIT, orders.next_item()).await.unwrap().unwrap() {
+            got.push((e.event, e.data));
+        }
+    }
+    assert_eq!(got, [("created".into(), r#"{"kind":"created","n":1}"#.into()), ("paid".into(), r#"{"kind":"paid","n":2}"#.into())]);
+    assert_eq!(data(&mut audit, 1).await, [r#"{"kind":"seen"}"#]);
+    orders.expect_no_event(Duration::from_millis(300)).await;
+    let stats = source_stats(&server.url("")).await;
+    assert_eq!(
+        (stats["accepted"].as_u64(), stats["rejected"].as_u64(), stats["type"].as_str()),
+        (Some(3), Some(1), Some("nats")),
+        "{stats}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn jetstream_delivers_every_message_once_across_a_server_restart() {
+    let mut server = PrivateNats::start();
+    let name = unique("js_restart");
+    let client = nats(&server.url()).await;
+    let js = async_nats::jetstream::new(client);
+    stream(&js, &name, &[&format!("{name}.>")]).await;
+    let config =
+        source(&format!("name = \"{name}\"\ntype = \"jetstream\"\nurl = \"{}\"\nstream = \"{name}\"\nrequired = true", server.url()));
+    let hub = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&hub.url("")).await;
+    let mut sub = Sse::open(&hub.url(&format!("/sse/{name}.news"))).await;
+    support::subscribers(&hub, &format!("{name}.news"), 1).await;
+    for i in 0..20 {
+        js_publish(&js, &format!("{name}.news"), &format!("m{i}")).await;
+    }
+    assert_eq!(data(&mut sub, 20).await, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    server.restart();
+    // Down, and required: not ready, until it is back.
+    let health = http().get(hub.url("/healthz")).send().await.unwrap();
+    let was_down = health.status() == 503;
+    let client = nats(&server.url()).await;
+    let js = async_nats::jetstream::new(client);
+    for i in 20..40 {
+        js_publish(&js, &format!("{name}.news"), &format!("m{i}")).await;
+    }
+    assert_eq!(data(&mut sub, 20).await, (20..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once, in order");
+    sub.expect_no_event(Duration::from_millis(500)).await;
+    connected(&hub.url("")).await;
+    assert_eq!(http().get(hub.url("/healthz")).send().await.unwrap().status(), 200);
+    let stats = source_stats(&hub.url("")).await;
+    assert_eq!(stats["accepted"], 40, "{stats}");
+    assert!(was_down || stats["last_error"].is_string(), "the restart was seen: {stats}");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_jetstream_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
+    let name = unique("js_crash");
+    let client = nats(NATS).await;
+    let js = async_nats::jetstream::new(client);
+    stream(&js, &name, &[&format!("{name}.>")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\n\
+         ack_wait = \"1s\"\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+    let args = ["--config", "herald.toml", "--log-level", "info"];
+    let mut first = {
+        let mut cmd = support::process::herald(dir.path());
+        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
+        Served::spawn(cmd, &args)
+    };
+    connected(&first.url("")).await;
+    js_publish(&js, &format!("{name}.a"), "once").await;
+    assert!(!support::process::wait_with_timeout(&mut first.child, WAIT).success(), "aborted between accept and ack");
+    let node = Served::start_with(dir.path(), &args);
+    // The durable consumer redelivers the unacknowledged message after ack_wait.
+    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
+    js_publish(&js, &format!("{name}.a"), "next").await;
+    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
+    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
+    assert_eq!(data(&mut sse, 2).await, ["once", "next"]);
+    sse.expect_no_event(Duration::from_millis(300)).await;
+    let _ = js.delete_stream(&name).await;
+}
+
+#[tokio::test]
+async fn deliver_all_reads_what_the_stream_held_before_and_malformed_messages_are_terminated() {
+    let name = unique("js_all");
+    let client = nats(NATS).await;
+    let js = async_nats::jetstream::new(client);
+    stream(&js, &name, &[&format!("{name}.>")]).await;
+    for i in 0..5 {
+        js_publish(&js, &format!("{name}.x"), &format!(r#"{{"path": "early", "data": "m{i}"}}"#)).await;
+    }
+    js_publish(&js, &format!("{name}.x"), r#"{"path": "early", "data": "bad", "id": "a\nb"}"#).await;
+    js_publish(&js, &format!("{name}.x"), r#"{"path": "early", "data": "m5"}"#).await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\ndeliver = \"all\"\nack_wait = \"1s\"\nprefetch = 2"
+    ));
+    let hub = TestServer::with(|c| c.sources = vec![config]).await;
+    eventually(async || source_stats(&hub.url("")).await["accepted"] == 6).await;
+    let mut sse = Sse::open_with(&hub.url("/sse/early"), &[("last-event-id", "0")]).await;
+    assert_eq!(data(&mut sse, 6).await, ["m0", "m1", "m2", "m3", "m4", "m5"]);
+    // Terminated, not redelivered after ack_wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = source_stats(&hub.url("")).await;
+    assert_eq!((stats["rejected"].as_u64(), stats["received"].as_u64()), (Some(1), Some(7)), "{stats}");
+    hub.shutdown().await;
+    let _ = js.delete_stream(&name).await;
+}
