@@ -221,6 +221,59 @@ async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_
     cleanup(&[&format!("herald.{name}")], &[&format!("{name}-x")]).await;
 }
 
+/// A store that refuses every write while it is down.
+#[derive(Default)]
+struct DownStore(std::sync::atomic::AtomicBool);
+
+impl herald::history::HistoryStore for DownStore {
+    fn kind(&self) -> &'static str {
+        "down-on-demand"
+    }
+
+    fn append(&self, _: &[std::sync::Arc<herald::event::Event>]) -> Result<Option<herald::history::Durable>, herald::history::StoreError> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(herald::history::StoreError("the disk is full".into()))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+#[tokio::test]
+async fn while_the_store_is_down_messages_wait_in_the_broker_and_then_arrive_once() {
+    let _turn = TURNS.lock().await;
+    let name = unique("stall");
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\nprefetch = 3\n[map]\nchannels = [\"c\"]"
+    ));
+    let store = std::sync::Arc::new(DownStore::default());
+    let server = TestServer::with_store_and(store.clone(), |c| c.sources = vec![config.clone()]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/c")).await;
+    support::subscribers(&server, "c", 1).await;
+    store.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..10 {
+        publish(&format!("{name}-x"), "", &format!("m{i}"), Some(&format!("{i}"))).await;
+    }
+    eventually(async || source_stats(&server.url("")).await["stalled"].as_str().is_some_and(|s| s.contains("the disk is full"))).await;
+    // Herald holds at most `prefetch` of them; the rest wait in the queue.
+    let queue = herald::sources::queue_name(&config);
+    let admin = rabbit().await;
+    let ch = admin.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let ready = ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.unwrap().message_count();
+    assert!(ready >= 7, "{ready} messages ready in the queue");
+    sub.expect_no_event(Duration::from_millis(300)).await;
+    assert_eq!(source_stats(&server.url("")).await["accepted"], 0);
+    store.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    let got: Vec<String> = events(&mut sub, 10).await.into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(got, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    sub.expect_no_event(Duration::from_millis(300)).await;
+    eventually(async || source_stats(&server.url("")).await["stalled"].is_null()).await;
+    server.shutdown().await;
+    cleanup(&[&queue], &[&format!("{name}-x")]).await;
+}
+
 #[tokio::test]
 async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
     let _turn = TURNS.lock().await;

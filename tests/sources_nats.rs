@@ -207,3 +207,81 @@ async fn deliver_all_reads_what_the_stream_held_before_and_malformed_messages_ar
     hub.shutdown().await;
     let _ = js.delete_stream(&name).await;
 }
+
+/// A certificate authority and a certificate it signed for 127.0.0.1, made with openssl.
+fn certificates(dir: &std::path::Path, ca: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.pem"),
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={ca}"),
+    ]);
+    if ca == "ca" {
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_broker_is_used_with_its_ca_and_refused_without_it() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path(), "ca");
+    certificates(certs.path(), "other");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let server = PrivateNats::start_with(&["--tls", "--tlscert", &path("server.pem"), "--tlskey", &path("server.key")]);
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let config = |name: &str, ca: &str| {
+        source(&format!("name = \"{name}\"\ntype = \"nats\"\nurl = \"{url}\"\nsubjects = [\"t.>\"]\n[tls]\nca_file = \"{}\"", path(ca)))
+    };
+    let good = TestServer::with(|c| c.sources = vec![config("good", "ca.pem")]).await;
+    let bad = TestServer::with(|c| c.sources = vec![config("bad", "other.pem")]).await;
+    connected(&good.url("")).await;
+    let mut sub = Sse::open(&good.url("/sse/t.x")).await;
+    support::subscribers(&good, "t.x", 1).await;
+    let tls = herald::tls::ClientTls { ca_file: Some(path("ca.pem").into()), ..Default::default() };
+    let client = async_nats::ConnectOptions::new()
+        .tls_client_config(tls.client_config("test", &herald::tls::KeyNames::PLAIN).unwrap())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    client.publish("t.x", "over tls".into()).await.unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(data(&mut sub, 1).await, ["over tls"]);
+    // A server whose certificate does not chain to the configured CA is never trusted.
+    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
+    let stats = source_stats(&bad.url("")).await;
+    assert_eq!(stats["connected"], false, "{stats}");
+    good.shutdown().await;
+    bad.shutdown().await;
+}

@@ -43,6 +43,11 @@ impl TestServer {
         Self::with_hub(|_| {}, |config| Hub::with_store(config, store)).await
     }
 
+    /// [`TestServer::with_store`] with a configuration `tweak` too.
+    pub async fn with_store_and(store: Arc<dyn herald::history::HistoryStore>, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_hub(tweak, |config| Hub::with_store(config, store)).await
+    }
+
     async fn with_hub(tweak: impl FnOnce(&mut Config), make: impl FnOnce(Config) -> Arc<Hub>) -> Self {
         // The server's warnings and errors go to the test's captured output: shown when it fails.
         let _ = tracing_subscriber::fmt().with_env_filter("warn,lsm_tree=error,fjall=error").with_test_writer().try_init();

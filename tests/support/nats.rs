@@ -8,17 +8,24 @@ pub struct PrivateNats {
     pub child: std::process::Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, dir.path());
-        PrivateNats { child, port, dir }
+        Self::start_with(&[])
     }
 
-    fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
+    /// With more arguments for nats-server (`--tls …`, say).
+    pub fn start_with(extra: &[&str]) -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, dir.path(), &extra);
+        PrivateNats { child, port, dir, extra }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> std::process::Child {
         let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -26,6 +33,7 @@ impl PrivateNats {
         let child = std::process::Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -47,7 +55,7 @@ impl PrivateNats {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        self.child = Self::spawn(self.port, self.dir.path());
+        self.child = Self::spawn(self.port, self.dir.path(), &self.extra);
     }
 }
 
