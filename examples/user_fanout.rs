@@ -10,7 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::cpu_ns;
+use common::{cpu_ns, read_events};
 use jsonwebtoken::{EncodingKey, Header};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,40 +38,11 @@ fn start(herald: &Path, dir: &Path, mode: Mode) -> (std::process::Child, String)
     common::start(herald, &path)
 }
 
-/// Opens stream `i` and counts the events it receives.
+/// Opens stream `i`.
 async fn subscribe(addr: String, mode: Mode, i: usize, token: Option<String>) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = match mode {
-        Mode::Users => format!("GET /sse HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n", token.unwrap()),
-        Mode::Channels => format!("GET /sse/u/{i} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-    };
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let mut head = Vec::new();
-    while !head.windows(11).any(|w| w == b": connected") {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0 && head.len() < 4096, "stream {i} did not open: {}", String::from_utf8_lossy(&head));
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    stream
-}
-
-async fn read_events(mut stream: tokio::net::TcpStream, received: Arc<AtomicU64>) {
-    // Each event has one `data:` line; the last bytes of a read are kept so that a marker split
-    // between two reads is counted once.
-    let mut buf = vec![0u8; 4096 + 5];
-    let mut carried = 0;
-    loop {
-        let Ok(n) = stream.read(&mut buf[carried..]).await else { return };
-        if n == 0 {
-            return;
-        }
-        let end = carried + n;
-        let count = buf[..end].windows(6).filter(|w| w == b"\ndata:").count();
-        received.fetch_add(count as u64, Ordering::Relaxed);
-        carried = end.min(5);
-        buf.copy_within(end - carried..end, 0);
+    match mode {
+        Mode::Users => common::open_stream(&addr, "/sse", &format!("Authorization: Bearer {}\r\n", token.unwrap())).await,
+        Mode::Channels => common::open_stream(&addr, &format!("/sse/u/{i}"), "").await,
     }
 }
 

@@ -30,11 +30,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// after that.
     fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError>;
 
-    /// Like [`append`](Self::append), with the idempotency key the events were published under,
-    /// written with them so that it outlives a restart. A store that keeps nothing across
-    /// restarts has no use for it.
-    fn append_marked(&self, events: &[Arc<Event>], mark: Mark) -> Result<Option<Durable>, StoreError> {
-        let _ = mark;
+    /// Like [`append`](Self::append), with the idempotency keys the events were published
+    /// under, written with them so that they outlive a restart. A store that keeps nothing
+    /// across restarts has no use for them.
+    fn append_marked(&self, events: &[Arc<Event>], marks: Vec<Mark>) -> Result<Option<Durable>, StoreError> {
+        let _ = marks;
         self.append(events)
     }
 

@@ -116,6 +116,12 @@ impl Inner {
     }
 }
 
+/// The publications of a batch a claimed key covers.
+pub struct Covered<'a> {
+    pub claim: &'a Claimed,
+    pub items: std::ops::Range<usize>,
+}
+
 /// The right to publish under a key. Dropped without [`done`](Claimed::done) (the publish
 /// failed, or its caller went away), the key is free again and whoever waits claims it.
 pub struct Claimed {

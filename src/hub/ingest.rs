@@ -3,7 +3,7 @@
 //! its users), its channels or its users' logs are found or made, and the whole batch is
 //! numbered, appended to history and fanned out, all or nothing.
 
-use super::dedupe::Claim;
+use super::dedupe::{Claim, Covered};
 use super::{Hub, Publication, PublishError, users};
 use crate::event::now_wall_us;
 use crate::event::{Draft, DraftError};
@@ -114,6 +114,86 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Publishes independent submissions, each under its own key (or none), in one go: one
+    /// pass through the sequencer and one wait for the store, however many there are, which is
+    /// what lets a broker source keep up with `fsync = "always"`. Unlike [`Hub::ingest`], each
+    /// stands alone: an invalid one is refused by itself and the others are published, in
+    /// order. One result per submission, in order. In a cluster they go one by one (the bus
+    /// takes one key per append).
+    pub async fn ingest_each(&self, batch: Vec<(Option<Once>, Submission)>) -> Vec<Result<Ingested, PublishError>> {
+        if self.bus.get().is_some() {
+            let mut out = Vec::with_capacity(batch.len());
+            for (once, sub) in batch {
+                out.push(match once {
+                    Some(once) => self.ingest_once(once, vec![sub]).await,
+                    None => self.ingest(vec![sub]).await.map(Ingested::Published),
+                });
+            }
+            return out;
+        }
+        let mut results: Vec<Option<Result<Ingested, PublishError>>> = (0..batch.len()).map(|_| None).collect();
+        // Keys someone else is publishing under right now: tried once this batch is out.
+        let mut waiting = Vec::new();
+        let mut items = Vec::with_capacity(batch.len());
+        let mut owners = Vec::with_capacity(batch.len());
+        let now = now_wall_us();
+        for (i, (once, sub)) in batch.into_iter().enumerate() {
+            let claim = match once {
+                None => None,
+                Some(once) => match self.dedupe.claim(&once.key, once.fingerprint, now) {
+                    Claim::Repeat(ids) => {
+                        results[i] = Some(Ok(Ingested::Repeat(ids)));
+                        continue;
+                    }
+                    Claim::Reused => {
+                        results[i] = Some(Err(PublishError::KeyReused(once.key)));
+                        continue;
+                    }
+                    Claim::Wait(_) => {
+                        waiting.push((i, once, sub));
+                        continue;
+                    }
+                    Claim::Mine(claim) => Some(claim),
+                },
+            };
+            // A refused one drops its claim, which frees its key.
+            match self.prepare(vec![sub]) {
+                Ok(prepared) => {
+                    items.extend(prepared);
+                    owners.push((i, claim));
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !items.is_empty() {
+            let covered: Vec<Covered> =
+                owners.iter().enumerate().filter_map(|(k, (_, c))| c.as_ref().map(|claim| Covered { claim, items: k..k + 1 })).collect();
+            let published = self.publish_local(items, &covered).await;
+            drop(covered);
+            match published {
+                Ok(events) => {
+                    let now = now_wall_us();
+                    for ((i, claim), ev) in owners.into_iter().zip(events) {
+                        let ids = vec![ev.wire_id().into_owned()];
+                        if let Some(claim) = claim {
+                            claim.done(&ids, now);
+                        }
+                        results[i] = Some(Ok(Ingested::Published(ids)));
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in owners {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (i, once, sub) in waiting {
+            results[i] = Some(self.ingest_once(once, vec![sub]).await);
+        }
+        results.into_iter().map(|r| r.expect("every submission is answered")).collect()
     }
 
     /// Idempotency keys held now.
@@ -227,5 +307,36 @@ mod tests {
             "the failed one left the key free"
         );
         assert_eq!(hub.dedupe_keys(), 2);
+    }
+
+    #[tokio::test]
+    async fn each_submission_of_a_batch_stands_alone() {
+        let hub = hub();
+        let once = |key: &str| Some(Once { key: key.into(), fingerprint: [1; 32] });
+        let first = hub.ingest_once(once("seen").unwrap(), vec![event(&["a"], &[], "x")]).await.unwrap();
+        let bad = Submission { draft: Draft { id: Some("a\nb".into()), ..Draft::default() }, ..event(&["a"], &[], "") };
+        let results = hub
+            .ingest_each(vec![
+                (once("n1"), event(&["a"], &[], "1")),
+                (once("seen"), event(&["a"], &[], "x")),
+                (once("bad"), bad),
+                (None, event(&["b"], &[], "2")),
+                (once("n1"), event(&["a"], &[], "1")),
+            ])
+            .await;
+        assert!(matches!(&results[0], Ok(Ingested::Published(_))));
+        assert_eq!(results[1].as_ref().unwrap(), &Ingested::Repeat(first.ids().to_vec()), "a repeat of an earlier publish");
+        assert!(matches!(results[2], Err(PublishError::Event { .. })));
+        assert!(matches!(&results[3], Ok(Ingested::Published(_))));
+        assert_eq!(
+            results[4].as_ref().unwrap(),
+            &Ingested::Repeat(results[0].as_ref().unwrap().ids().to_vec()),
+            "a repeat within the batch"
+        );
+        assert_eq!(hub.stats(10, None).totals.published, 3);
+        assert!(
+            !hub.ingest_once(once("bad").unwrap(), vec![event(&["a"], &[], "ok")]).await.unwrap().is_repeat(),
+            "the refused one's key is free"
+        );
     }
 }

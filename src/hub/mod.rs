@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use visibility::{Settling, Targets, Visibility, wake_targets};
 
 /// A channel that cannot be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChannelError {
     #[error("invalid channel name `{name}`: {reason}")]
     Invalid { name: String, reason: pattern::NameError },
@@ -356,7 +356,8 @@ impl Hub {
                 outgoing.iter().zip(appended.positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect();
             return Ok((ids, appended.repeat));
         }
-        let events = self.publish_local(items, claim).await?;
+        let covered: Vec<dedupe::Covered> = claim.map(|claim| dedupe::Covered { claim, items: 0..items.len() }).into_iter().collect();
+        let events = self.publish_local(items, &covered).await?;
         Ok((events.iter().map(|e| e.wire_id().into_owned()).collect(), false))
     }
 
@@ -389,7 +390,7 @@ impl Hub {
             }
         }
         // The memory store completes at once: nothing to wait for.
-        futures_util::FutureExt::now_or_never(self.publish_local(items, None));
+        futures_util::FutureExt::now_or_never(self.publish_local(items, &[]));
     }
 
     /// In a cluster, what the bus retains starts after `pos` (at the first load, or after a
@@ -432,9 +433,11 @@ impl Hub {
         self.bus.get()
     }
 
-    async fn publish_local(&self, mut items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<Vec<Arc<Event>>, PublishError> {
+    /// Publishes on this node (no bus); `covered` says which items each idempotency key
+    /// covers, so that the keys are stored with their events.
+    async fn publish_local(&self, mut items: Vec<Publication>, covered: &[dedupe::Covered<'_>]) -> Result<Vec<Arc<Event>>, PublishError> {
         let (events, appended) = loop {
-            match self.sequence(items, claim) {
+            match self.sequence(items, covered) {
                 Ok(done) => break done,
                 // A channel was dropped as idle while we held it: look the names up again.
                 Err(mut back) => {
@@ -463,7 +466,7 @@ impl Hub {
     /// Numbers the events, appends them to their windows and hands them to the store, under the
     /// sequencing lock (so the store receives them in position order). Gives the publications
     /// back untouched when one of their channels was removed meanwhile.
-    fn sequence(&self, items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<Sequenced, Vec<Publication>> {
+    fn sequence(&self, items: Vec<Publication>, covered: &[dedupe::Covered<'_>]) -> Result<Sequenced, Vec<Publication>> {
         let now = Instant::now();
         let now_ms = now_wall_us() / 1000;
         let mut seq = self.seq.lock();
@@ -504,11 +507,16 @@ impl Hub {
         let appended = if events.is_empty() {
             Ok(Appended::Nothing)
         } else {
-            let stored = match claim {
-                Some(claim) => {
-                    self.store.append_marked(&events, claim.mark(events.iter().map(|e| e.wire_id().into_owned()).collect(), now_wall_us()))
-                }
-                None => self.store.append(&events),
+            let stored = if covered.is_empty() {
+                self.store.append(&events)
+            } else {
+                // Local publications are never skipped, so item i is event i.
+                let now = now_wall_us();
+                let marks = covered
+                    .iter()
+                    .map(|c| c.claim.mark(events[c.items.clone()].iter().map(|e| e.wire_id().into_owned()).collect(), now))
+                    .collect();
+                self.store.append_marked(&events, marks)
             };
             match stored {
                 // Durable at once (the memory store): visible now, unless an earlier publish is
@@ -797,7 +805,7 @@ fn missed_notice(missed: Missed, last_event_id: &str, channels: &[(Arc<Channel>,
     crate::sse::encode::notice("missed", &data.to_string())
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// An event of the batch is not valid (`too_large`: it is over `limits.max_event_size`).
     #[error("event {index}: {reason}")]

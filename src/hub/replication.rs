@@ -37,7 +37,7 @@ pub struct Incoming {
     pub published_wall_us: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cluster bus ({kind}) unavailable: {message}")]
 pub struct BusError {
     pub kind: &'static str,

@@ -9,10 +9,9 @@
 //! queue: RabbitMQ hands each message to one of them (competing consumers).
 
 use super::backoff::Backoff;
-use super::intake::{Intake, Outcome};
+use super::intake::{Intake, MAX_BATCH, Outcome, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{ExchangeKind, QueueKind, SourceConfig};
-use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -138,19 +137,28 @@ async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection, back
         .map_err(fail(&format!("consume `{queue}`")))?;
     intake.status.up();
     backoff.reset();
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(fail("receive"))?;
-        let id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
-        let msg = Message { subject: delivery.routing_key.as_str(), payload: &delivery.data };
-        let acked = match intake.take(&msg, id.as_deref()).await {
-            // Shutting down: left unacknowledged, so the broker gives it to another consumer.
-            None => return Ok(()),
-            Some(Outcome::Accepted | Outcome::Duplicate) => delivery.acker.ack(BasicAckOptions::default()).await,
-            Some(Outcome::Rejected(_)) => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
-        };
-        // The event is published; if the acknowledgement is lost with the connection, the
-        // redelivery is caught by its id.
-        acked.map_err(fail("acknowledge"))?;
+    let max = usize::from(config.prefetch.unwrap_or(DEFAULT_PREFETCH)).min(MAX_BATCH);
+    while let Some(batch) = next_batch(&mut consumer, max).await {
+        let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>().map_err(fail("receive"))?;
+        let ids: Vec<Option<&str>> = deliveries.iter().map(|d| d.properties.message_id().as_ref().map(|s| s.as_str())).collect();
+        let msgs: Vec<(Message, Option<&str>)> =
+            deliveries.iter().zip(&ids).map(|(d, id)| (Message { subject: d.routing_key.as_str(), payload: &d.data }, *id)).collect();
+        // Shutting down: left unacknowledged, so the broker gives them to another consumer.
+        let Some(outcomes) = intake.take(&msgs).await else { return Ok(()) };
+        // The events are published; if an acknowledgement is lost with the connection, the
+        // redelivery is caught by its id. All taken: one acknowledgement for the lot.
+        let last = deliveries.last().expect("a batch is never empty");
+        if !outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_))) {
+            last.acker.ack(BasicAckOptions { multiple: true }).await.map_err(fail("acknowledge"))?;
+            continue;
+        }
+        for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Accepted | Outcome::Duplicate => delivery.acker.ack(BasicAckOptions::default()).await,
+                Outcome::Rejected(_) => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+            }
+            .map_err(fail("acknowledge"))?;
+        }
     }
     Err("the broker ended the consumer".into())
 }

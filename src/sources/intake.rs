@@ -7,7 +7,7 @@
 use super::backoff::Backoff;
 use super::mapping::{Mapper, Message};
 use super::status::SourceStatus;
-use crate::hub::{ChannelError, Hub, Once, PublishError};
+use crate::hub::{ChannelError, Hub, Ingested, Once, PublishError};
 use std::sync::Arc;
 
 /// What became of a message.
@@ -20,6 +20,24 @@ pub enum Outcome {
     /// It can never be an event: reject it without requeueing (to a dead-letter exchange where
     /// there is one).
     Rejected(String),
+}
+
+/// Most messages taken in one go.
+pub const MAX_BATCH: usize = 512;
+
+/// The next item of a broker's stream, and every item already delivered after it (up to
+/// `max`): what is taken as one batch. `None` once the stream has ended.
+pub async fn next_batch<S: futures_util::Stream + Unpin>(stream: &mut S, max: usize) -> Option<Vec<S::Item>> {
+    use futures_util::{FutureExt, StreamExt};
+    let first = stream.next().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match stream.next().now_or_never() {
+            Some(Some(item)) => batch.push(item),
+            _ => break,
+        }
+    }
+    Some(batch)
 }
 
 pub struct Intake {
@@ -41,57 +59,69 @@ impl Intake {
         &self.status.name
     }
 
-    /// Takes one message; `id` is the broker's id for it. `None` when the hub is shutting down
-    /// before it could be taken: leave it unacknowledged, the broker gives it again.
-    pub async fn take(&self, msg: &Message<'_>, id: Option<&str>) -> Option<Outcome> {
-        self.status.received();
-        let submission = match self.mapper.map(msg) {
-            Ok(s) => s,
-            Err(why) => return Some(self.reject(why)),
-        };
-        let key = id.filter(|_| self.dedupe).map(|id| format!("src:{}:{id}", self.name()));
-        let mut backoff = Backoff::new();
-        loop {
-            let batch = vec![submission.clone()];
-            let result = match &key {
-                Some(key) => {
-                    let once = Once::of_batch(key.clone(), &batch);
-                    self.hub.ingest_once(once, batch).await.map(|i| i.is_repeat())
+    /// Takes the messages a broker has delivered so far, in order (`id` is the broker's id
+    /// of each), as one publish: one pass through the sequencer and one store sync for all.
+    /// Returns what became of each, or `None` when the hub is shutting down before they could
+    /// be taken: leave them unacknowledged, the broker gives them again.
+    pub async fn take(&self, msgs: &[(Message<'_>, Option<&str>)]) -> Option<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; msgs.len()];
+        // What is still to publish: (index, key, event).
+        let mut pending = Vec::with_capacity(msgs.len());
+        for (i, (msg, id)) in msgs.iter().enumerate() {
+            self.status.received();
+            match self.mapper.map(msg) {
+                Ok(sub) => {
+                    let key = id.filter(|_| self.dedupe).map(|id| format!("src:{}:{id}", self.name()));
+                    let once = key.map(|key| Once::of_batch(key, std::slice::from_ref(&sub)));
+                    pending.push((i, once, sub));
                 }
-                None => self.hub.ingest(batch).await.map(|_| false),
-            };
-            match result {
-                Ok(repeat) => {
-                    self.status.stall(None);
-                    return Some(if repeat {
+                Err(why) => outcomes[i] = Some(self.reject(why)),
+            }
+        }
+        let mut backoff = Backoff::new();
+        while !pending.is_empty() {
+            let batch = pending.iter().map(|(_, once, sub)| (once.clone(), sub.clone())).collect();
+            let results = self.hub.ingest_each(batch).await;
+            let mut again = Vec::new();
+            let mut stalled = None;
+            for ((i, once, sub), result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(Ingested::Repeat(_)) => {
                         self.status.duplicate();
-                        tracing::debug!(source = %self.name(), id, "a message published before: acknowledged, not published again");
-                        Outcome::Duplicate
-                    } else {
+                        tracing::debug!(source = %self.name(), key = ?once.as_ref().map(|o| &o.key), "a message published before: acknowledged, not published again");
+                        outcomes[i] = Some(Outcome::Duplicate);
+                    }
+                    Ok(Ingested::Published(_)) => {
                         self.status.accepted();
                         if self.abort_before_ack {
                             tracing::error!(source = %self.name(), "{}: aborting between accept and acknowledgement", super::ABORT_BEFORE_ACK);
                             std::process::abort();
                         }
-                        Outcome::Accepted
-                    });
-                }
-                Err(PublishError::Channel(ChannelError::Closing)) => return None,
-                Err(e @ (PublishError::Store(_) | PublishError::Bus(_) | PublishError::Channel(ChannelError::Limit(_)))) => {
-                    if self.hub.is_closing() {
-                        return None;
+                        outcomes[i] = Some(Outcome::Accepted);
                     }
-                    let why = e.to_string();
-                    tracing::warn!(source = %self.name(), error = %why, "the hub cannot take the message now: holding it and trying again");
-                    self.status.stall(Some(why));
-                    backoff.wait().await;
+                    Err(PublishError::Channel(ChannelError::Closing)) => return None,
+                    Err(e @ (PublishError::Store(_) | PublishError::Bus(_) | PublishError::Channel(ChannelError::Limit(_)))) => {
+                        stalled = Some(e.to_string());
+                        again.push((i, once, sub));
+                    }
+                    Err(PublishError::KeyReused(key)) => {
+                        outcomes[i] = Some(self.reject(format!("its id ({key}) was already used for a different message")));
+                    }
+                    Err(e) => outcomes[i] = Some(self.reject(e.to_string())),
                 }
-                Err(PublishError::KeyReused(_)) => {
-                    return Some(self.reject(format!("message id `{}` was already used for a different message", id.unwrap_or(""))));
+            }
+            pending = again;
+            if let Some(why) = stalled {
+                if self.hub.is_closing() {
+                    return None;
                 }
-                Err(e) => return Some(self.reject(e.to_string())),
+                tracing::warn!(source = %self.name(), error = %why, held = pending.len(), "the hub cannot take messages now: holding them and trying again");
+                self.status.stall(Some(why));
+                backoff.wait().await;
             }
         }
+        self.status.stall(None);
+        Some(outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect())
     }
 
     fn reject(&self, why: String) -> Outcome {

@@ -10,11 +10,10 @@
 //! of them); with core NATS they share the queue group.
 
 use super::backoff::Backoff;
-use super::intake::{Intake, Outcome};
+use super::intake::{Intake, MAX_BATCH, Outcome, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{DeliverFrom, SourceConfig, SourceKind};
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,10 +78,15 @@ async fn core(config: &SourceConfig, intake: &Intake, client: &async_nats::Clien
         intake.status.up();
     }
     let mut all = futures_util::stream::select_all(subscribers);
-    while let Some(msg) = all.next().await {
-        let id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
-        let m = Message { subject: msg.subject.as_str(), payload: &msg.payload };
-        if intake.take(&m, id.as_deref()).await.is_none() {
+    while let Some(batch) = next_batch(&mut all, MAX_BATCH).await {
+        let msgs: Vec<(Message, Option<&str>)> = batch
+            .iter()
+            .map(|m| {
+                let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str());
+                (Message { subject: m.subject.as_str(), payload: &m.payload }, id)
+            })
+            .collect();
+        if intake.take(&msgs).await.is_none() {
             return Ok(());
         }
     }
@@ -148,19 +152,30 @@ async fn consume(
     let mut messages = consumer.messages().await.map_err(|e| format!("consume `{name}`: {e}"))?;
     intake.status.up();
     backoff.reset();
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| format!("receive: {e}"))?;
-        let seq = msg.info().map_err(|e| format!("a message without JetStream metadata: {e}"))?.stream_sequence;
-        // The stream's sequence identifies the message across redeliveries and consumers.
-        let id = format!("{stream_name}:{seq}");
-        let m = Message { subject: msg.subject.as_str(), payload: &msg.payload };
-        let acked = match intake.take(&m, Some(&id)).await {
-            // Left unacknowledged: redelivered after ack_wait.
-            None => return Ok(()),
-            Some(Outcome::Accepted | Outcome::Duplicate) => msg.ack().await,
-            Some(Outcome::Rejected(_)) => msg.ack_with(AckKind::Term).await,
-        };
-        acked.map_err(|e| format!("acknowledge: {e}"))?;
+    let max = usize::try_from(consumer_config.max_ack_pending).unwrap_or(1).clamp(1, MAX_BATCH);
+    while let Some(batch) = next_batch(&mut messages, max).await {
+        let batch = batch.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| format!("receive: {e}"))?;
+        // The stream's sequence identifies a message across redeliveries and consumers.
+        let ids = batch
+            .iter()
+            .map(|m| {
+                Ok(format!("{stream_name}:{}", m.info().map_err(|e| format!("a message without JetStream metadata: {e}"))?.stream_sequence))
+            })
+            .collect::<Result<Vec<String>, String>>()?;
+        let msgs: Vec<(Message, Option<&str>)> = batch
+            .iter()
+            .zip(&ids)
+            .map(|(m, id)| (Message { subject: m.subject.as_str(), payload: &m.payload }, Some(id.as_str())))
+            .collect();
+        // Left unacknowledged: redelivered after ack_wait.
+        let Some(outcomes) = intake.take(&msgs).await else { return Ok(()) };
+        for (msg, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Accepted | Outcome::Duplicate => msg.ack().await,
+                Outcome::Rejected(_) => msg.ack_with(AckKind::Term).await,
+            }
+            .map_err(|e| format!("acknowledge: {e}"))?;
+        }
     }
     Err("the consumer's messages ended".into())
 }

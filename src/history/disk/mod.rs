@@ -129,11 +129,11 @@ impl HistoryStore for DiskStore {
     }
 
     fn append(&self, events: &[Arc<Event>]) -> Result<Option<Durable>, StoreError> {
-        self.send(|done| Command::Append { events: events.to_vec(), mark: None, done }).map(Some)
+        self.send(|done| Command::Append { events: events.to_vec(), marks: Vec::new(), done }).map(Some)
     }
 
-    fn append_marked(&self, events: &[Arc<Event>], mark: Mark) -> Result<Option<Durable>, StoreError> {
-        self.send(|done| Command::Append { events: events.to_vec(), mark: Some(mark), done }).map(Some)
+    fn append_marked(&self, events: &[Arc<Event>], marks: Vec<Mark>) -> Result<Option<Durable>, StoreError> {
+        self.send(|done| Command::Append { events: events.to_vec(), marks, done }).map(Some)
     }
 
     fn problem(&self) -> Option<String> {

@@ -31,8 +31,8 @@ pub const MAX_DORMANT_FLOORS: usize = 100_000;
 pub enum Command {
     Append {
         events: Vec<Arc<Event>>,
-        /// The idempotency key they were published under, written in the same batch.
-        mark: Option<Mark>,
+        /// The idempotency keys they were published under, written in the same batch.
+        marks: Vec<Mark>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Make everything written so far durable.
@@ -300,8 +300,8 @@ impl Writer {
         let wall = crate::event::now_wall_us();
         for cmd in &group {
             match cmd {
-                Command::Append { events, mark, .. } => {
-                    if let Some(mark) = mark {
+                Command::Append { events, marks, .. } => {
+                    for mark in marks {
                         let key = record::mark_key(mark);
                         batch.insert(&engine.marks, key.clone(), record::mark_value(mark));
                         mark_keys.push(key);
@@ -581,7 +581,7 @@ mod tests {
         };
         let append = |writer: &mut Writer, events: Vec<Arc<Event>>| {
             let (done, _answer) = oneshot::channel();
-            writer.write_group(vec![Command::Append { events, mark: None, done }]);
+            writer.write_group(vec![Command::Append { events, marks: Vec::new(), done }]);
         };
         append(&mut writer, (1..=1000).map(|i| event(i, &format!("user-{i}"))).collect());
         assert_eq!(writer.channels.len(), 1000);
