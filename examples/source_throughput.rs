@@ -42,7 +42,7 @@ fn config(via: Via, disk: bool, dir: &Path) -> String {
     } else {
         "store = \"memory\"".into()
     };
-    let mut c = format!("keepalive_interval = \"0s\"\n[history]\n{store}\nsize = 1000\n");
+    let mut c = format!("keepalive_interval = \"0s\"\n[history]\n{store}\nsize = 100000\n");
     match via {
         Via::Http => {}
         Via::Amqp => c.push_str(&format!(
@@ -158,7 +158,7 @@ async fn main() {
             let cpu0 = cpu_ns(child.id());
             let t0 = Instant::now();
             send(via, &addr, n).await;
-            let deadline = Instant::now() + Duration::from_secs(300);
+            let deadline = Instant::now() + Duration::from_secs(120);
             while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
