@@ -18,6 +18,10 @@ pub enum SourceKind {
     Nats,
     /// A NATS JetStream durable consumer.
     Jetstream,
+    /// Redis pub/sub (at most once), by channel name or pattern.
+    Redis,
+    /// A Redis Stream read by a consumer group (`XREADGROUP`, `XACK` after acceptance).
+    RedisStream,
 }
 
 impl SourceKind {
@@ -26,6 +30,8 @@ impl SourceKind {
             SourceKind::Amqp => "amqp",
             SourceKind::Nats => "nats",
             SourceKind::Jetstream => "jetstream",
+            SourceKind::Redis => "redis",
+            SourceKind::RedisStream => "redis_stream",
         }
     }
 }
@@ -124,6 +130,21 @@ pub struct SourceConfig {
     #[serde(default, with = "humantime_serde")]
     pub ack_wait: Option<Duration>,
 
+    // Redis.
+    /// Redis pub/sub: glob patterns (`PSUBSCRIBE`), beside `subjects` (exact channel names).
+    pub patterns: Option<Vec<String>>,
+    /// Redis Streams: the stream keys read.
+    pub streams: Option<Vec<String>>,
+    /// Redis Streams: the consumer group (`herald` by default), made if it is not there.
+    pub group: Option<String>,
+    /// Redis Streams: the entry field that holds the message (`data` by default; an entry with
+    /// one field is that field's value whatever its name).
+    pub field: Option<String>,
+    /// Redis Streams: how long an entry may stay pending with another consumer (one that died)
+    /// before this one claims it.
+    #[serde(default, with = "humantime_serde")]
+    pub claim_idle: Option<Duration>,
+
     // Brokers with flow control.
     /// Messages delivered and not yet acknowledged, at most: what a slow store holds back.
     pub prefetch: Option<u16>,
@@ -186,7 +207,7 @@ impl SourceConfig {
             return bad("url", "is required".into());
         }
         // Keys of other types.
-        let given: [(&str, bool, &[SourceKind]); 18] = [
+        let given: [(&str, bool, &[SourceKind]); 23] = [
             ("exchange", self.exchange.is_some(), &[SourceKind::Amqp]),
             ("exchange_type", self.exchange_type.is_some(), &[SourceKind::Amqp]),
             ("binding_keys", self.binding_keys.is_some(), &[SourceKind::Amqp]),
@@ -196,15 +217,20 @@ impl SourceConfig {
             ("exclusive", self.exclusive.is_some(), &[SourceKind::Amqp]),
             ("auto_delete", self.auto_delete.is_some(), &[SourceKind::Amqp]),
             ("dead_letter_exchange", self.dead_letter_exchange.is_some(), &[SourceKind::Amqp]),
-            ("subjects", self.subjects.is_some(), &[SourceKind::Nats, SourceKind::Jetstream]),
+            ("subjects", self.subjects.is_some(), &[SourceKind::Nats, SourceKind::Jetstream, SourceKind::Redis]),
             ("queue_group", self.queue_group.is_some(), &[SourceKind::Nats]),
             ("stream", self.stream.is_some(), &[SourceKind::Jetstream]),
-            ("consumer", self.consumer.is_some(), &[SourceKind::Jetstream]),
-            ("deliver", self.deliver.is_some(), &[SourceKind::Jetstream]),
+            ("consumer", self.consumer.is_some(), &[SourceKind::Jetstream, SourceKind::RedisStream]),
+            ("deliver", self.deliver.is_some(), &[SourceKind::Jetstream, SourceKind::RedisStream]),
             ("start_sequence", self.start_sequence.is_some(), &[SourceKind::Jetstream]),
             ("start_time", self.start_time.is_some(), &[SourceKind::Jetstream]),
             ("ack_wait", self.ack_wait.is_some(), &[SourceKind::Jetstream]),
-            ("prefetch", self.prefetch.is_some(), &[SourceKind::Amqp, SourceKind::Jetstream]),
+            ("prefetch", self.prefetch.is_some(), &[SourceKind::Amqp, SourceKind::Jetstream, SourceKind::RedisStream]),
+            ("patterns", self.patterns.is_some(), &[SourceKind::Redis]),
+            ("streams", self.streams.is_some(), &[SourceKind::RedisStream]),
+            ("group", self.group.is_some(), &[SourceKind::RedisStream]),
+            ("field", self.field.is_some(), &[SourceKind::RedisStream]),
+            ("claim_idle", self.claim_idle.is_some(), &[SourceKind::RedisStream]),
         ];
         for (k, set, kinds) in given {
             if set && !kinds.contains(&self.kind) {
@@ -217,10 +243,18 @@ impl SourceConfig {
             SourceKind::Nats | SourceKind::Jetstream => {
                 self.url.split(',').all(|u| ["nats://", "tls://"].iter().any(|s| u.trim().starts_with(s)))
             }
+            SourceKind::Redis | SourceKind::RedisStream => self.url.starts_with("redis://"),
         };
         if !scheme_ok {
-            let want = if self.kind == SourceKind::Amqp { "amqp:// or amqps://" } else { "nats:// or tls://" };
+            let want = match self.kind {
+                SourceKind::Amqp => "amqp:// or amqps://",
+                SourceKind::Nats | SourceKind::Jetstream => "nats:// or tls://",
+                SourceKind::Redis | SourceKind::RedisStream => "redis:// (TLS to Redis, rediss://, is not available yet)",
+            };
             return bad("url", format!("must start with {want}"));
+        }
+        if matches!(self.kind, SourceKind::Redis | SourceKind::RedisStream) && !self.tls.is_default() {
+            return bad("tls", "TLS to Redis is not available yet".into());
         }
         if self.kind == SourceKind::Amqp && self.tls.insecure {
             return bad("tls.insecure", "is not available for amqp sources: give the broker's CA with tls.ca_file".into());
@@ -244,6 +278,19 @@ impl SourceConfig {
             SourceKind::Nats => {
                 if self.subjects.as_ref().is_none_or(|s| s.is_empty()) {
                     return bad("subjects", "name at least one subject (wildcards `*` and `>` allowed)".into());
+                }
+            }
+            SourceKind::Redis => {
+                if self.subjects.as_ref().is_none_or(|s| s.is_empty()) && self.patterns.as_ref().is_none_or(|s| s.is_empty()) {
+                    return bad("subjects", "name at least one Redis channel (subjects) or pattern (patterns)".into());
+                }
+            }
+            SourceKind::RedisStream => {
+                if self.streams.as_ref().is_none_or(|s| s.is_empty()) {
+                    return bad("streams", "name at least one stream key".into());
+                }
+                if !matches!(self.deliver.unwrap_or_default(), DeliverFrom::New | DeliverFrom::All) {
+                    return bad("deliver", "a Redis consumer group starts at `new` or `all`".into());
                 }
             }
             SourceKind::Jetstream => {

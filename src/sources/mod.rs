@@ -10,6 +10,7 @@ mod backoff;
 mod intake;
 pub mod mapping;
 mod nats;
+mod redis;
 mod status;
 
 pub use intake::Outcome;
@@ -57,6 +58,8 @@ pub fn start(hub: &Arc<Hub>) -> anyhow::Result<Arc<Sources>> {
                 let tls = nats_tls(&config)?;
                 tokio::spawn(nats::run(config, intake, tls));
             }
+            SourceKind::Redis => drop(tokio::spawn(redis::run_pubsub(config, intake))),
+            SourceKind::RedisStream => drop(tokio::spawn(redis::run_streams(config, intake))),
         }
         sources.statuses.push(status);
     }
@@ -78,5 +81,8 @@ pub fn queue_name(config: &SourceConfig) -> String {
 }
 
 pub fn consumer_name(config: &SourceConfig) -> String {
-    nats::consumer_name(config)
+    match config.kind {
+        SourceKind::RedisStream => redis::consumer_name(config),
+        _ => nats::consumer_name(config),
+    }
 }

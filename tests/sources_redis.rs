@@ -1,0 +1,233 @@
+//! The Redis sources against the real local Redis (127.0.0.1:6379), with messages written by
+//! Redis's own Rust client: Streams entries mapped onto channels, a malformed entry rejected
+//! while the next arrives; every entry exactly once across `CLIENT KILL` of Herald's
+//! connection; no duplicate after Herald dies between accepting an entry and acknowledging it;
+//! entries left pending by a consumer that died taken over; two cluster nodes in one group
+//! publishing each entry once; pub/sub with a pattern.
+
+mod support;
+
+use herald::config::sources::SourceConfig;
+use herald::sse::Item;
+use redis::AsyncCommands;
+use std::time::Duration;
+use support::process::Served;
+use support::{Sse, TestServer, WAIT, eventually, http};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(REDIS).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("Redis did not answer at {REDIS} within 5s: start it (redis-server --daemonize yes --port 6379)"))
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {REDIS}: {e}. Start it (redis-server --daemonize yes --port 6379)"))
+}
+
+fn unique(test: &str) -> String {
+    format!("herald-test-src-{test}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+fn source(toml: &str) -> SourceConfig {
+    let config: SourceConfig = toml::from_str(toml).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+async fn source_stats(url: &str) -> serde_json::Value {
+    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
+    stats["sources"][0].clone()
+}
+
+async fn connected(url: &str) {
+    eventually(async || source_stats(url).await["connected"] == true).await;
+}
+
+async fn data(sse: &mut Sse, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
+            Item::Event(e) if e.event != "missed" => got.push(e.data),
+            _ => {}
+        }
+    }
+    got
+}
+
+async fn add(conn: &mut redis::aio::MultiplexedConnection, stream: &str, fields: &[(&str, &[u8])]) {
+    let _: String = conn.xadd(stream, "*", fields).await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_entries_are_mapped_and_a_malformed_one_is_rejected_while_the_next_arrives() {
+    let name = unique("map");
+    let mut conn = redis().await;
+    let config = source(&format!("name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]"));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/news")).await;
+    support::subscribers(&server, "news", 1).await;
+    add(&mut conn, &name, &[("data", br#"{"path": "news", "event": "e", "data": {"k": 1.0}}"#)]).await;
+    add(&mut conn, &name, &[("other", b"x"), ("more", b"y")]).await;
+    add(&mut conn, &name, &[("data", b"\xff not utf-8")]).await;
+    // One field, whatever its name, is the message.
+    add(&mut conn, &name, &[("payload", br#"{"path": "news", "data": "second"}"#)]).await;
+    assert_eq!(data(&mut sub, 2).await, [r#"{"k":1.0}"#, "second"]);
+    sub.expect_no_event(Duration::from_millis(300)).await;
+    let stats = source_stats(&server.url("")).await;
+    assert_eq!(
+        (stats["accepted"].as_u64(), stats["rejected"].as_u64(), stats["type"].as_str()),
+        (Some(2), Some(2), Some("redis_stream")),
+        "{stats}"
+    );
+    // Everything was acknowledged: nothing is pending in the group.
+    let pending: (u64, redis::Value, redis::Value, redis::Value) =
+        redis::cmd("XPENDING").arg(&name).arg("herald").query_async(&mut conn).await.unwrap();
+    assert_eq!(pending.0, 0);
+    server.shutdown().await;
+    let _: () = conn.del(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_entry_arrives_once_across_client_kill() {
+    let name = unique("kill");
+    let mut conn = redis().await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\n[map]\nchannels = [\"c\"]"
+    ));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/c")).await;
+    support::subscribers(&server, "c", 1).await;
+    for i in 0..20 {
+        add(&mut conn, &name, &[("data", format!("m{i}").as_bytes())]).await;
+    }
+    // Herald's source connection, by its name.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!("name=herald-source-{name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).map(str::to_owned))
+        .expect("the source's connection is named");
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).query_async(&mut conn).await.unwrap();
+    assert_eq!(killed, 1, "Herald's connection was killed");
+    for i in 20..35 {
+        add(&mut conn, &name, &[("data", format!("m{i}").as_bytes())]).await;
+    }
+    connected(&server.url("")).await;
+    for i in 35..50 {
+        add(&mut conn, &name, &[("data", format!("m{i}").as_bytes())]).await;
+    }
+    assert_eq!(data(&mut sub, 50).await, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once, in order");
+    sub.expect_no_event(Duration::from_millis(500)).await;
+    server.shutdown().await;
+    let _: () = conn.del(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_entry_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
+    let name = unique("crash");
+    let mut conn = redis().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\n\
+         consumer = \"node-1\"\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+    let args = ["--config", "herald.toml", "--log-level", "info"];
+    let mut first = {
+        let mut cmd = support::process::herald(dir.path());
+        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
+        Served::spawn(cmd, &args)
+    };
+    connected(&first.url("")).await;
+    add(&mut conn, &name, &[("data", b"once")]).await;
+    assert!(!support::process::wait_with_timeout(&mut first.child, WAIT).success(), "aborted between accept and ack");
+    // The same consumer, restarted, reads its pending entry back first: a repeat.
+    let node = Served::start_with(dir.path(), &args);
+    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
+    add(&mut conn, &name, &[("data", b"next")]).await;
+    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
+    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
+    assert_eq!(data(&mut sse, 2).await, ["once", "next"]);
+    sse.expect_no_event(Duration::from_millis(300)).await;
+    let _: () = conn.del(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn entries_a_dead_consumer_left_pending_are_taken_over() {
+    let name = unique("claim");
+    let mut conn = redis().await;
+    let _: () = conn.xgroup_create_mkstream(&name, "herald", "$").await.unwrap();
+    add(&mut conn, &name, &[("data", b"left behind")]).await;
+    // Another node takes it and dies before acknowledging it.
+    let opts = redis::streams::StreamReadOptions::default().group("herald", "dead-node").count(10);
+    let taken: redis::streams::StreamReadReply = conn.xread_options(&[&name], &[">"], &opts).await.unwrap();
+    assert_eq!(taken.keys[0].ids.len(), 1);
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\nclaim_idle = \"500ms\"\n[map]\nchannels = [\"c\"]"
+    ));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    let mut sse = Sse::open_with(&server.url("/sse/c"), &[("last-event-id", "0")]).await;
+    assert_eq!(data(&mut sse, 1).await, ["left behind"]);
+    server.shutdown().await;
+    let _: () = conn.del(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_cluster_nodes_in_one_group_publish_each_entry_once() {
+    let name = unique("pair");
+    let mut conn = redis().await;
+    let make = |consumer: &'static str| {
+        let config = source(&format!(
+            "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\nconsumer = \"{consumer}\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
+        ));
+        let stream = format!("herald-test:{name}");
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = REDIS.into();
+            c.cluster.stream = stream;
+        })
+    };
+    let (a, b) = (make("a").await, make("b").await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    let mut on_a = Sse::open(&a.url("/sse/c")).await;
+    let mut on_b = Sse::open(&b.url("/sse/c")).await;
+    support::subscribers(&a, "c", 1).await;
+    support::subscribers(&b, "c", 1).await;
+    for i in 0..40 {
+        add(&mut conn, &name, &[("data", format!("m{i}").as_bytes())]).await;
+    }
+    for sub in [&mut on_a, &mut on_b] {
+        let mut got = data(sub, 40).await;
+        got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
+        assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+        sub.expect_no_event(Duration::from_millis(300)).await;
+    }
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    let _: () = conn.del(&[&name, &format!("herald-test:{name}")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn pubsub_patterns_map_onto_channels() {
+    let name = unique("ps");
+    let mut conn = redis().await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"redis\"\nurl = \"{REDIS}\"\npatterns = [\"{name}.*\"]\nsubjects = [\"{name}-exact\"]\n[map]\nchannels = [\"ps/{{2}}\"]"
+    ));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&server.url("")).await;
+    let mut sub = Sse::open(&server.url("/sse/ps/weather")).await;
+    support::subscribers(&server, "ps/weather", 1).await;
+    // Subscribed once connected (the source reports connected after its subscriptions).
+    let _: i64 = conn.publish(format!("{name}.weather"), "sunny").await.unwrap();
+    let _: i64 = conn.publish(format!("{name}.weather"), "rain").await.unwrap();
+    assert_eq!(data(&mut sub, 2).await, ["sunny", "rain"]);
+    let stats = source_stats(&server.url("")).await;
+    assert_eq!(stats["type"], "redis");
+    server.shutdown().await;
+}
