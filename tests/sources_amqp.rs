@@ -9,8 +9,6 @@
 
 mod support;
 
-use herald::config::sources::SourceConfig;
-use herald::sse::Item;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -18,7 +16,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::Duration;
 use support::process::Served;
-use support::{Sse, TestServer, WAIT, eventually, http};
+use support::sources::{connected, events, source, source_stats, unique};
+use support::{Sse, TestServer, WAIT, eventually};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -29,16 +28,6 @@ async fn rabbit() -> Connection {
         .await
         .unwrap_or_else(|_| panic!("RabbitMQ did not answer at {RABBIT} within 5s: start it (rabbitmq-server -detached)"))
         .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {RABBIT}: {e}. Start it (rabbitmq-server -detached)"))
-}
-
-fn unique(test: &str) -> String {
-    format!("herald-test-{test}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
-}
-
-fn source(toml: &str) -> SourceConfig {
-    let config: SourceConfig = toml::from_str(toml).unwrap();
-    config.validate().unwrap();
-    config
 }
 
 /// Publishes with a fresh connection (the test's own may have been cut), retrying while the
@@ -63,15 +52,6 @@ async fn publish(exchange: &str, key: &str, body: &str, message_id: Option<&str>
     panic!("could not publish to RabbitMQ");
 }
 
-async fn source_stats(url: &str) -> serde_json::Value {
-    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
-    stats["sources"][0].clone()
-}
-
-async fn connected(url: &str) {
-    eventually(async || source_stats(url).await["connected"] == true).await;
-}
-
 async fn cleanup(queues: &[&str], exchanges: &[&str]) {
     let conn = rabbit().await;
     let ch = conn.create_channel().await.unwrap();
@@ -83,22 +63,10 @@ async fn cleanup(queues: &[&str], exchanges: &[&str]) {
     }
 }
 
-/// The events of a stream, as (id, type, data), skipping notices.
-async fn events(sse: &mut Sse, n: usize) -> Vec<(String, String, String)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
-            Item::Event(e) if e.event != "missed" => got.push((e.last_event_id, e.event, e.data)),
-            _ => {}
-        }
-    }
-    got
-}
-
 #[tokio::test]
 async fn a_message_is_mapped_and_a_malformed_one_is_dead_lettered_while_the_next_arrives() {
     let _turn = TURNS.lock().await;
-    let name = unique("map");
+    let name = unique("herald-test-", "map", '-');
     let (exchange, dlx, dlq) = (format!("{name}-x"), format!("{name}-dlx"), format!("{name}-dlq"));
     // The dead letters' exchange and a queue to read them from.
     let admin = rabbit().await;
@@ -155,7 +123,7 @@ async fn a_message_is_mapped_and_a_malformed_one_is_dead_lettered_while_the_next
 #[tokio::test]
 async fn every_message_arrives_once_across_close_all_connections() {
     let _turn = TURNS.lock().await;
-    let name = unique("cut");
+    let name = unique("herald-test-", "cut", '-');
     // ssehub's set-up: the default amq.fanout exchange, JSON events carrying `path`.
     let config =
         source(&format!("name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\""));
@@ -189,7 +157,7 @@ async fn every_message_arrives_once_across_close_all_connections() {
 #[tokio::test]
 async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
     let _turn = TURNS.lock().await;
-    let name = unique("crash");
+    let name = unique("herald-test-", "crash", '-');
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\n\
@@ -242,7 +210,7 @@ impl herald::history::HistoryStore for DownStore {
 #[tokio::test]
 async fn while_the_store_is_down_messages_wait_in_the_broker_and_then_arrive_once() {
     let _turn = TURNS.lock().await;
-    let name = unique("stall");
+    let name = unique("herald-test-", "stall", '-');
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\nprefetch = 3\n[map]\nchannels = [\"c\"]"
     ));
@@ -277,7 +245,7 @@ async fn while_the_store_is_down_messages_wait_in_the_broker_and_then_arrive_onc
 #[tokio::test]
 async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
     let _turn = TURNS.lock().await;
-    let name = unique("pair");
+    let name = unique("herald-test-", "pair", '-');
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
     ));

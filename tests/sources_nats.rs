@@ -6,11 +6,11 @@
 
 mod support;
 
-use herald::config::sources::SourceConfig;
 use herald::sse::Item;
 use std::time::Duration;
 use support::nats::PrivateNats;
 use support::process::Served;
+use support::sources::{connected, data, source, source_stats, unique};
 use support::{Sse, TestServer, WAIT, eventually, http};
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -20,36 +20,6 @@ async fn nats(url: &str) -> async_nats::Client {
         .await
         .unwrap_or_else(|_| panic!("NATS did not answer at {url} within 5s: start it (nats-server -js -p 4222)"))
         .unwrap_or_else(|e| panic!("NATS is not reachable at {url}: {e}. Start it (nats-server -js -p 4222)"))
-}
-
-fn unique(test: &str) -> String {
-    format!("herald_test_{test}_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
-}
-
-fn source(toml: &str) -> SourceConfig {
-    let config: SourceConfig = toml::from_str(toml).unwrap();
-    config.validate().unwrap();
-    config
-}
-
-async fn source_stats(url: &str) -> serde_json::Value {
-    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
-    stats["sources"][0].clone()
-}
-
-async fn connected(url: &str) {
-    eventually(async || source_stats(url).await["connected"] == true).await;
-}
-
-async fn data(sse: &mut Sse, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
-            Item::Event(e) if e.event != "missed" => got.push(e.data),
-            _ => {}
-        }
-    }
-    got
 }
 
 /// A JetStream stream of the test's own over `subjects`.
@@ -77,7 +47,7 @@ async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, body: &s
 
 #[tokio::test]
 async fn core_subjects_map_onto_channels_and_a_malformed_message_is_rejected() {
-    let name = unique("core");
+    let name = unique("herald_test_", "core", '_');
     let client = nats(NATS).await;
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"nats\"\nurl = \"{NATS}\"\nsubjects = [\"{name}.orders.*\", \"{name}.audit.>\"]\n\
@@ -117,7 +87,7 @@ async fn core_subjects_map_onto_channels_and_a_malformed_message_is_rejected() {
 #[tokio::test]
 async fn jetstream_delivers_every_message_once_across_a_server_restart() {
     let mut server = PrivateNats::start();
-    let name = unique("js_restart");
+    let name = unique("herald_test_", "js_restart", '_');
     let client = nats(&server.url()).await;
     let js = async_nats::jetstream::new(client);
     stream(&js, &name, &[&format!("{name}.>")]).await;
@@ -152,7 +122,7 @@ async fn jetstream_delivers_every_message_once_across_a_server_restart() {
 
 #[tokio::test]
 async fn a_jetstream_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
-    let name = unique("js_crash");
+    let name = unique("herald_test_", "js_crash", '_');
     let client = nats(NATS).await;
     let js = async_nats::jetstream::new(client);
     stream(&js, &name, &[&format!("{name}.>")]).await;
@@ -184,7 +154,7 @@ async fn a_jetstream_message_accepted_but_not_acknowledged_before_kill_9_is_not_
 
 #[tokio::test]
 async fn deliver_all_reads_what_the_stream_held_before_and_malformed_messages_are_terminated() {
-    let name = unique("js_all");
+    let name = unique("herald_test_", "js_all", '_');
     let client = nats(NATS).await;
     let js = async_nats::jetstream::new(client);
     stream(&js, &name, &[&format!("{name}.>")]).await;

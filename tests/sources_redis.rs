@@ -7,12 +7,11 @@
 
 mod support;
 
-use herald::config::sources::SourceConfig;
-use herald::sse::Item;
 use redis::AsyncCommands;
 use std::time::Duration;
 use support::process::Served;
-use support::{Sse, TestServer, WAIT, eventually, http};
+use support::sources::{connected, data, source, source_stats, unique};
+use support::{Sse, TestServer, WAIT, eventually};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -24,43 +23,13 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("Redis is not reachable at {REDIS}: {e}. Start it (redis-server --daemonize yes --port 6379)"))
 }
 
-fn unique(test: &str) -> String {
-    format!("herald-test-src-{test}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
-}
-
-fn source(toml: &str) -> SourceConfig {
-    let config: SourceConfig = toml::from_str(toml).unwrap();
-    config.validate().unwrap();
-    config
-}
-
-async fn source_stats(url: &str) -> serde_json::Value {
-    let stats: serde_json::Value = http().get(format!("{url}/stats")).send().await.unwrap().json().await.unwrap();
-    stats["sources"][0].clone()
-}
-
-async fn connected(url: &str) {
-    eventually(async || source_stats(url).await["connected"] == true).await;
-}
-
-async fn data(sse: &mut Sse, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(WAIT, sse.next_item()).await.expect("events arrive in time").expect("stream open") {
-            Item::Event(e) if e.event != "missed" => got.push(e.data),
-            _ => {}
-        }
-    }
-    got
-}
-
 async fn add(conn: &mut redis::aio::MultiplexedConnection, stream: &str, fields: &[(&str, &[u8])]) {
     let _: String = conn.xadd(stream, "*", fields).await.unwrap();
 }
 
 #[tokio::test]
 async fn stream_entries_are_mapped_and_a_malformed_one_is_rejected_while_the_next_arrives() {
-    let name = unique("map");
+    let name = unique("herald-test-src-", "map", '-');
     let mut conn = redis().await;
     let config = source(&format!("name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]"));
     let server = TestServer::with(|c| c.sources = vec![config]).await;
@@ -90,7 +59,7 @@ async fn stream_entries_are_mapped_and_a_malformed_one_is_rejected_while_the_nex
 
 #[tokio::test]
 async fn every_entry_arrives_once_across_client_kill() {
-    let name = unique("kill");
+    let name = unique("herald-test-src-", "kill", '-');
     let mut conn = redis().await;
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\n[map]\nchannels = [\"c\"]"
@@ -126,7 +95,7 @@ async fn every_entry_arrives_once_across_client_kill() {
 
 #[tokio::test]
 async fn an_entry_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
-    let name = unique("crash");
+    let name = unique("herald-test-src-", "crash", '-');
     let mut conn = redis().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
@@ -156,7 +125,7 @@ async fn an_entry_accepted_but_not_acknowledged_before_kill_9_is_not_published_t
 
 #[tokio::test]
 async fn entries_a_dead_consumer_left_pending_are_taken_over() {
-    let name = unique("claim");
+    let name = unique("herald-test-src-", "claim", '-');
     let mut conn = redis().await;
     let _: () = conn.xgroup_create_mkstream(&name, "herald", "$").await.unwrap();
     add(&mut conn, &name, &[("data", b"left behind")]).await;
@@ -176,7 +145,7 @@ async fn entries_a_dead_consumer_left_pending_are_taken_over() {
 
 #[tokio::test]
 async fn two_cluster_nodes_in_one_group_publish_each_entry_once() {
-    let name = unique("pair");
+    let name = unique("herald-test-src-", "pair", '-');
     let mut conn = redis().await;
     let make = |consumer: &'static str| {
         let config = source(&format!(
@@ -214,7 +183,7 @@ async fn two_cluster_nodes_in_one_group_publish_each_entry_once() {
 
 #[tokio::test]
 async fn pubsub_patterns_map_onto_channels() {
-    let name = unique("ps");
+    let name = unique("herald-test-src-", "ps", '-');
     let mut conn = redis().await;
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"redis\"\nurl = \"{REDIS}\"\npatterns = [\"{name}.*\"]\nsubjects = [\"{name}-exact\"]\n[map]\nchannels = [\"ps/{{2}}\"]"

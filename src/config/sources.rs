@@ -207,7 +207,7 @@ impl SourceConfig {
             return bad("url", "is required".into());
         }
         // Keys of other types.
-        let given: [(&str, bool, &[SourceKind]); 23] = [
+        let given: &[(&str, bool, &[SourceKind])] = &[
             ("exchange", self.exchange.is_some(), &[SourceKind::Amqp]),
             ("exchange_type", self.exchange_type.is_some(), &[SourceKind::Amqp]),
             ("binding_keys", self.binding_keys.is_some(), &[SourceKind::Amqp]),
@@ -232,7 +232,7 @@ impl SourceConfig {
             ("field", self.field.is_some(), &[SourceKind::RedisStream]),
             ("claim_idle", self.claim_idle.is_some(), &[SourceKind::RedisStream]),
         ];
-        for (k, set, kinds) in given {
+        for &(k, set, kinds) in given {
             if set && !kinds.contains(&self.kind) {
                 let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
                 return bad(k, format!("is a setting of {} sources, not of `{}`", names.join(" and "), self.kind.as_str()));

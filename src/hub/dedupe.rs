@@ -27,7 +27,7 @@ pub enum Claim {
 }
 
 enum Slot {
-    Pending { fingerprint: [u8; 32], _done: watch::Receiver<()> },
+    Pending { fingerprint: [u8; 32], done: watch::Receiver<()> },
     Done { ids: Arc<[String]>, fingerprint: [u8; 32], expires_wall_us: u64 },
 }
 
@@ -49,10 +49,6 @@ impl Dedupe {
         Dedupe { window_us: window.as_micros() as u64, inner: Arc::default() }
     }
 
-    pub fn window_us(&self) -> u64 {
-        self.window_us
-    }
-
     /// Keys the store kept from before a restart.
     pub fn restore(&self, mut marks: Vec<Mark>, now_us: u64) {
         marks.sort_unstable_by_key(|m| m.expires_wall_us);
@@ -70,13 +66,13 @@ impl Dedupe {
             Some(Slot::Done { ids, fingerprint: f, expires_wall_us }) if *expires_wall_us > now_us => {
                 return if *f == fingerprint { Claim::Repeat(ids.to_vec()) } else { Claim::Reused };
             }
-            Some(Slot::Pending { fingerprint: f, _done }) => {
-                return if *f == fingerprint { Claim::Wait(_done.clone()) } else { Claim::Reused };
+            Some(Slot::Pending { fingerprint: f, done }) => {
+                return if *f == fingerprint { Claim::Wait(done.clone()) } else { Claim::Reused };
             }
             _ => {}
         }
         let (tx, rx) = watch::channel(());
-        inner.slots.insert(key.into(), Slot::Pending { fingerprint, _done: rx });
+        inner.slots.insert(key.into(), Slot::Pending { fingerprint, done: rx });
         Claim::Mine(Claimed {
             inner: self.inner.clone(),
             key: key.into(),

@@ -8,7 +8,7 @@
 //! broker stops delivering, which is the backpressure. The nodes of a cluster share the named
 //! queue: RabbitMQ hands each message to one of them (competing consumers).
 
-use super::backoff::Backoff;
+use super::backoff::supervise;
 use super::intake::{Intake, MAX_BATCH, Outcome, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{ExchangeKind, QueueKind, SourceConfig};
@@ -47,17 +47,8 @@ pub fn tls_of(config: &SourceConfig) -> anyhow::Result<OwnedTLSConfig> {
 }
 
 pub async fn run(config: SourceConfig, intake: Arc<Intake>, tls: OwnedTLSConfig) {
-    let mut backoff = Backoff::new();
-    loop {
-        if intake.hub.is_closing() {
-            return;
-        }
-        match session(&config, &intake, &tls, &mut backoff).await {
-            Ok(()) => return,
-            Err(e) => intake.status.down(e),
-        }
-        backoff.wait().await;
-    }
+    let (config, intake, tls) = (&config, &*intake, &tls);
+    supervise(intake, move || session(config, intake, tls)).await;
 }
 
 /// The queue's name.
@@ -66,7 +57,7 @@ pub fn queue_name(config: &SourceConfig) -> String {
 }
 
 /// One connection, closed when it is done with. `Ok` only when the hub shuts down.
-async fn session(config: &SourceConfig, intake: &Intake, tls: &OwnedTLSConfig, backoff: &mut Backoff) -> Result<(), String> {
+async fn session(config: &SourceConfig, intake: &Intake, tls: &OwnedTLSConfig) -> Result<(), String> {
     let properties = ConnectionProperties::default().with_connection_name(format!("herald source {}", config.name).into());
     let builder = DefaultConnectionBuilder::new()
         .map_err(fail("runtime"))?
@@ -74,13 +65,13 @@ async fn session(config: &SourceConfig, intake: &Intake, tls: &OwnedTLSConfig, b
         .with_properties(properties)
         .with_tls_config(tls.clone());
     let conn: Connection = builder.connect().await.map_err(fail("connect"))?;
-    let result = consume(config, intake, &conn, backoff).await;
+    let result = consume(config, intake, &conn).await;
     let _ = conn.close(200, "herald: done".into()).await;
     result
 }
 
 /// Declare, bind, consume until it fails.
-async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection, backoff: &mut Backoff) -> Result<(), String> {
+async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection) -> Result<(), String> {
     let channel = conn.create_channel().await.map_err(fail("open a channel"))?;
     channel.basic_qos(config.prefetch.unwrap_or(DEFAULT_PREFETCH), BasicQosOptions::default()).await.map_err(fail("set the prefetch"))?;
     let exchange = config.exchange.clone().unwrap_or_else(|| "amq.fanout".into());
@@ -136,7 +127,6 @@ async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection, back
         .await
         .map_err(fail(&format!("consume `{queue}`")))?;
     intake.status.up();
-    backoff.reset();
     let max = usize::from(config.prefetch.unwrap_or(DEFAULT_PREFETCH)).min(MAX_BATCH);
     while let Some(batch) = next_batch(&mut consumer, max).await {
         let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>().map_err(fail("receive"))?;

@@ -40,6 +40,31 @@ impl Backoff {
     }
 }
 
+/// Runs `session` until it ends well (`Ok`: the hub is shutting down), reporting each failure
+/// to the source's status and waiting the next backoff step before the next try. A session
+/// that got connected starts the backoff over.
+pub async fn supervise<F, Fut>(intake: &super::intake::Intake, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        if intake.hub.is_closing() {
+            return;
+        }
+        let connects = intake.status.connects();
+        match session().await {
+            Ok(()) => return,
+            Err(e) => intake.status.down(e),
+        }
+        if intake.status.connects() != connects {
+            backoff.reset();
+        }
+        backoff.wait().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,11 +80,18 @@ impl Intake {
         }
         let mut backoff = Backoff::new();
         while !pending.is_empty() {
-            let batch = pending.iter().map(|(_, once, sub)| (once.clone(), sub.clone())).collect();
+            // The events are handed over; one the hub could not take now is mapped again from
+            // its message (the rare path) rather than copied for every message.
+            let mut held = Vec::with_capacity(pending.len());
+            let mut batch = Vec::with_capacity(pending.len());
+            for (i, once, sub) in pending {
+                held.push((i, once.clone()));
+                batch.push((once, sub));
+            }
             let results = self.hub.ingest_each(batch).await;
             let mut again = Vec::new();
             let mut stalled = None;
-            for ((i, once, sub), result) in pending.into_iter().zip(results) {
+            for ((i, once), result) in held.into_iter().zip(results) {
                 match result {
                     Ok(Ingested::Repeat(_)) => {
                         self.status.duplicate();
@@ -102,6 +109,7 @@ impl Intake {
                     Err(PublishError::Channel(ChannelError::Closing)) => return None,
                     Err(e @ (PublishError::Store(_) | PublishError::Bus(_) | PublishError::Channel(ChannelError::Limit(_)))) => {
                         stalled = Some(e.to_string());
+                        let sub = self.mapper.map(&msgs[i].0).expect("a message that mapped once maps again");
                         again.push((i, once, sub));
                     }
                     Err(PublishError::KeyReused(key)) => {

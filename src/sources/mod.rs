@@ -58,8 +58,8 @@ pub fn start(hub: &Arc<Hub>) -> anyhow::Result<Arc<Sources>> {
                 let tls = nats_tls(&config)?;
                 tokio::spawn(nats::run(config, intake, tls));
             }
-            SourceKind::Redis => drop(tokio::spawn(redis::run_pubsub(config, intake))),
-            SourceKind::RedisStream => drop(tokio::spawn(redis::run_streams(config, intake))),
+            SourceKind::Redis => drop(tokio::spawn(redis::run(config, intake, false))),
+            SourceKind::RedisStream => drop(tokio::spawn(redis::run(config, intake, true))),
         }
         sources.statuses.push(status);
     }

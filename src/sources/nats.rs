@@ -9,7 +9,7 @@
 //! idempotency key. The nodes of a cluster share the durable consumer (each message goes to one
 //! of them); with core NATS they share the queue group.
 
-use super::backoff::Backoff;
+use super::backoff::supervise;
 use super::intake::{Intake, MAX_BATCH, Outcome, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{DeliverFrom, SourceConfig, SourceKind};
@@ -125,17 +125,9 @@ async fn jetstream(config: &SourceConfig, intake: &Intake, client: async_nats::C
     let js = jetstream::new(client);
     let stream_name = config.stream.clone().unwrap_or_default();
     let consumer_config = consumer_config(config)?;
-    let mut backoff = Backoff::new();
-    loop {
-        if intake.hub.is_closing() {
-            return Ok(());
-        }
-        match consume(&js, &stream_name, &consumer_config, intake, &mut backoff).await {
-            Ok(()) => return Ok(()),
-            Err(e) => intake.status.down(e),
-        }
-        backoff.wait().await;
-    }
+    let (js, stream_name, consumer_config) = (&js, stream_name.as_str(), &consumer_config);
+    supervise(intake, move || consume(js, stream_name, consumer_config, intake)).await;
+    Ok(())
 }
 
 async fn consume(
@@ -143,7 +135,6 @@ async fn consume(
     stream_name: &str,
     consumer_config: &consumer::pull::Config,
     intake: &Intake,
-    backoff: &mut Backoff,
 ) -> Result<(), String> {
     let stream = js.get_stream(stream_name).await.map_err(|e| format!("stream `{stream_name}`: {e}"))?;
     let name = consumer_config.durable_name.clone().unwrap_or_default();
@@ -151,7 +142,6 @@ async fn consume(
         stream.get_or_create_consumer(&name, consumer_config.clone()).await.map_err(|e| format!("consumer `{name}`: {e}"))?;
     let mut messages = consumer.messages().await.map_err(|e| format!("consume `{name}`: {e}"))?;
     intake.status.up();
-    backoff.reset();
     let max = usize::try_from(consumer_config.max_ack_pending).unwrap_or(1).clamp(1, MAX_BATCH);
     while let Some(batch) = next_batch(&mut messages, max).await {
         let batch = batch.into_iter().collect::<Result<Vec<_>, _>>().map_err(|e| format!("receive: {e}"))?;

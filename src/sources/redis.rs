@@ -9,7 +9,7 @@
 //! ones. The entry id is the idempotency key, so what was accepted but not acknowledged is not
 //! published twice. The nodes of a cluster are consumers of one group: each entry goes to one.
 
-use super::backoff::Backoff;
+use super::backoff::supervise;
 use super::intake::{Intake, MAX_BATCH, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{DeliverFrom, SourceConfig};
@@ -48,26 +48,21 @@ pub fn consumer_name(config: &SourceConfig) -> String {
     })
 }
 
-/// Pub/sub: subscribed again after every reconnect; what was published meanwhile is gone.
-pub async fn run_pubsub(config: SourceConfig, intake: Arc<Intake>) {
+/// Runs a pub/sub source (`streams` false: subscribed again after every reconnect, and what
+/// was published meanwhile is gone) or a Streams source, reconnecting with backoff.
+pub async fn run(config: SourceConfig, intake: Arc<Intake>, streams: bool) {
     let client = match client(&config) {
         Ok(c) => c,
         Err(e) => return intake.status.down(e),
     };
-    let mut backoff = Backoff::new();
-    loop {
-        if intake.hub.is_closing() {
-            return;
-        }
-        match pubsub(&config, &intake, &client, &mut backoff).await {
-            Ok(()) => return,
-            Err(e) => intake.status.down(e),
-        }
-        backoff.wait().await;
-    }
+    let (config, intake, client) = (&config, &*intake, &client);
+    supervise(intake, move || async move {
+        if streams { read_streams(config, intake, client).await } else { pubsub(config, intake, client).await }
+    })
+    .await;
 }
 
-async fn pubsub(config: &SourceConfig, intake: &Intake, client: &redis::Client, backoff: &mut Backoff) -> Result<(), String> {
+async fn pubsub(config: &SourceConfig, intake: &Intake, client: &redis::Client) -> Result<(), String> {
     let mut pubsub = client.get_async_pubsub().await.map_err(|e| format!("connect: {e}"))?;
     for channel in config.subjects.as_deref().unwrap_or_default() {
         pubsub.subscribe(channel).await.map_err(|e| format!("subscribe `{channel}`: {e}"))?;
@@ -76,7 +71,6 @@ async fn pubsub(config: &SourceConfig, intake: &Intake, client: &redis::Client, 
         pubsub.psubscribe(pattern).await.map_err(|e| format!("psubscribe `{pattern}`: {e}"))?;
     }
     intake.status.up();
-    backoff.reset();
     let mut messages = pubsub.on_message();
     while let Some(batch) = next_batch(&mut messages, MAX_BATCH).await {
         let msgs: Vec<(Message, Option<&str>)> =
@@ -86,24 +80,6 @@ async fn pubsub(config: &SourceConfig, intake: &Intake, client: &redis::Client, 
         }
     }
     Err("the connection ended".into())
-}
-
-pub async fn run_streams(config: SourceConfig, intake: Arc<Intake>) {
-    let client = match client(&config) {
-        Ok(c) => c,
-        Err(e) => return intake.status.down(e),
-    };
-    let mut backoff = Backoff::new();
-    loop {
-        if intake.hub.is_closing() {
-            return;
-        }
-        match streams(&config, &intake, &client, &mut backoff).await {
-            Ok(()) => return,
-            Err(e) => intake.status.down(e),
-        }
-        backoff.wait().await;
-    }
 }
 
 struct Reader<'a> {
@@ -116,7 +92,7 @@ struct Reader<'a> {
     field: String,
 }
 
-async fn streams(config: &SourceConfig, intake: &Intake, client: &redis::Client, backoff: &mut Backoff) -> Result<(), String> {
+async fn read_streams(config: &SourceConfig, intake: &Intake, client: &redis::Client) -> Result<(), String> {
     let mut reader = Reader {
         config,
         intake,
@@ -137,7 +113,6 @@ async fn streams(config: &SourceConfig, intake: &Intake, client: &redis::Client,
         }
     }
     intake.status.up();
-    backoff.reset();
     // This consumer's own pending entries first: what it took before a crash or a cut.
     for key in &keys {
         loop {
@@ -161,13 +136,12 @@ async fn streams(config: &SourceConfig, intake: &Intake, client: &redis::Client,
             }
             next_claim = tokio::time::Instant::now() + claim_idle.min(Duration::from_secs(10)).max(Duration::from_millis(100));
         }
-        let mut options =
-            StreamReadOptions::default().group(&reader.group, &reader.consumer).count(reader.count).block(BLOCK.as_millis() as usize);
         // Woken at the next claim round at the latest.
-        let until = next_claim.saturating_duration_since(tokio::time::Instant::now());
-        if until < BLOCK {
-            options = options.block(until.as_millis().max(1) as usize);
-        }
+        let block = next_claim.saturating_duration_since(tokio::time::Instant::now()).min(BLOCK);
+        let options = StreamReadOptions::default()
+            .group(&reader.group, &reader.consumer)
+            .count(reader.count)
+            .block(block.as_millis().max(1) as usize);
         let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
         let reply: Option<StreamReadReply> =
             reader.conn.xread_options(&keys, &ids, &options).await.map_err(|e| format!("XREADGROUP: {e}"))?;

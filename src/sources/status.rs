@@ -11,6 +11,8 @@ pub struct SourceStatus {
     pub kind: &'static str,
     pub required: bool,
     connected: AtomicBool,
+    /// Times a session connected, so that a supervisor sees one did.
+    connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Why the source holds its message back (the store or the bus cannot take it), while it does.
     stalled: Mutex<Option<String>>,
@@ -42,6 +44,7 @@ impl SourceStatus {
     }
 
     pub fn up(&self) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
         if !self.connected.swap(true, Ordering::AcqRel) {
             tracing::info!(source = %self.name, "source connected");
         }
@@ -54,6 +57,10 @@ impl SourceStatus {
             tracing::debug!(source = %self.name, %error, "source still not connected");
         }
         *self.last_error.lock() = Some(error);
+    }
+
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {

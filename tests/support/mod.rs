@@ -6,6 +6,7 @@ pub mod chunked;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod sources;
 
 use futures_util::StreamExt;
 use herald::config::Config;
