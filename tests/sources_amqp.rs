@@ -15,9 +15,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::Duration;
-use support::process::Served;
 use support::sources::{connected, events, source, source_stats, unique};
-use support::{Sse, TestServer, WAIT, eventually};
+use support::{Sse, TestServer, eventually};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -158,34 +157,12 @@ async fn every_message_arrives_once_across_close_all_connections() {
 async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
     let _turn = TURNS.lock().await;
     let name = unique("herald-test-", "crash", '-');
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\n\
-         [sources.map]\nchannels = [\"c\"]\n"
+        "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\n[sources.map]\nchannels = [\"c\"]\n"
     );
-    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
-    let args = ["--config", "herald.toml", "--log-level", "info"];
-    // The first node dies right after the first message's event is stored, before its ack.
-    let mut first = {
-        let mut cmd = support::process::herald(dir.path());
-        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
-        Served::spawn(cmd, &args)
-    };
-    connected(&first.url("")).await;
-    publish(&format!("{name}-x"), "", "once", Some("the-one")).await;
-    let exited = support::process::wait_with_timeout(&mut first.child, WAIT);
-    assert!(!exited.success(), "aborted between accept and ack");
-    let node = Served::start_with(dir.path(), &args);
-    connected(&node.url("")).await;
-    // RabbitMQ redelivers the unacknowledged message; its id says it was published.
-    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
-    publish(&format!("{name}-x"), "", "next", Some("the-two")).await;
-    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
-    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
-    let got = events(&mut sse, 2).await;
-    assert_eq!(got.iter().map(|(_, _, d)| d.as_str()).collect::<Vec<_>>(), ["once", "next"]);
-    sse.expect_no_event(Duration::from_millis(300)).await;
-    drop(node);
+    // RabbitMQ redelivers the unacknowledged message; its message-id says it was published.
+    let send = async |body: &str| publish(&format!("{name}-x"), "", body, Some(&format!("id-{body}"))).await;
+    support::sources::no_duplicate_after_a_crash_between_accept_and_ack(&name, &toml, send).await;
     cleanup(&[&format!("herald.{name}")], &[&format!("{name}-x")]).await;
 }
 

@@ -9,7 +9,6 @@ mod support;
 use herald::sse::Item;
 use std::time::Duration;
 use support::nats::PrivateNats;
-use support::process::Served;
 use support::sources::{connected, data, source, source_stats, unique};
 use support::{Sse, TestServer, WAIT, eventually, http};
 
@@ -126,29 +125,12 @@ async fn a_jetstream_message_accepted_but_not_acknowledged_before_kill_9_is_not_
     let client = nats(NATS).await;
     let js = async_nats::jetstream::new(client);
     stream(&js, &name, &[&format!("{name}.>")]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\n\
-         ack_wait = \"1s\"\n[sources.map]\nchannels = [\"c\"]\n"
-    );
-    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
-    let args = ["--config", "herald.toml", "--log-level", "info"];
-    let mut first = {
-        let mut cmd = support::process::herald(dir.path());
-        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
-        Served::spawn(cmd, &args)
-    };
-    connected(&first.url("")).await;
-    js_publish(&js, &format!("{name}.a"), "once").await;
-    assert!(!support::process::wait_with_timeout(&mut first.child, WAIT).success(), "aborted between accept and ack");
-    let node = Served::start_with(dir.path(), &args);
     // The durable consumer redelivers the unacknowledged message after ack_wait.
-    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
-    js_publish(&js, &format!("{name}.a"), "next").await;
-    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
-    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
-    assert_eq!(data(&mut sse, 2).await, ["once", "next"]);
-    sse.expect_no_event(Duration::from_millis(300)).await;
+    let toml = format!(
+        "name = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\nack_wait = \"1s\"\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    let send = async |body: &str| js_publish(&js, &format!("{name}.a"), body).await;
+    support::sources::no_duplicate_after_a_crash_between_accept_and_ack(&name, &toml, send).await;
     let _ = js.delete_stream(&name).await;
 }
 

@@ -9,9 +9,8 @@ mod support;
 
 use redis::AsyncCommands;
 use std::time::Duration;
-use support::process::Served;
 use support::sources::{connected, data, source, source_stats, unique};
-use support::{Sse, TestServer, WAIT, eventually};
+use support::{Sse, TestServer};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -96,31 +95,14 @@ async fn every_entry_arrives_once_across_client_kill() {
 #[tokio::test]
 async fn an_entry_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
     let name = unique("herald-test-src-", "crash", '-');
-    let mut conn = redis().await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[history]\nfsync = \"always\"\n[[sources]]\nname = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\n\
-         consumer = \"node-1\"\n[sources.map]\nchannels = [\"c\"]\n"
-    );
-    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
-    let args = ["--config", "herald.toml", "--log-level", "info"];
-    let mut first = {
-        let mut cmd = support::process::herald(dir.path());
-        cmd.env(herald::sources::ABORT_BEFORE_ACK, &name);
-        Served::spawn(cmd, &args)
-    };
-    connected(&first.url("")).await;
-    add(&mut conn, &name, &[("data", b"once")]).await;
-    assert!(!support::process::wait_with_timeout(&mut first.child, WAIT).success(), "aborted between accept and ack");
+    let conn = tokio::sync::Mutex::new(redis().await);
     // The same consumer, restarted, reads its pending entry back first: a repeat.
-    let node = Served::start_with(dir.path(), &args);
-    eventually(async || source_stats(&node.url("")).await["duplicates"] == 1).await;
-    add(&mut conn, &name, &[("data", b"next")]).await;
-    eventually(async || source_stats(&node.url("")).await["accepted"] == 1).await;
-    let mut sse = Sse::open_with(&node.url("/sse/c"), &[("last-event-id", "0")]).await;
-    assert_eq!(data(&mut sse, 2).await, ["once", "next"]);
-    sse.expect_no_event(Duration::from_millis(300)).await;
-    let _: () = conn.del(&name).await.unwrap();
+    let toml = format!(
+        "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\nconsumer = \"node-1\"\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    let send = async |body: &str| add(&mut *conn.lock().await, &name, &[("data", body.as_bytes())]).await;
+    support::sources::no_duplicate_after_a_crash_between_accept_and_ack(&name, &toml, send).await;
+    let _: () = conn.lock().await.del(&name).await.unwrap();
 }
 
 #[tokio::test]
