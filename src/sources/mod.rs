@@ -75,14 +75,7 @@ fn nats_tls(config: &SourceConfig) -> anyhow::Result<Option<rustls::ClientConfig
     Ok(Some(config.tls.client_config(&section, &crate::tls::KeyNames::PLAIN)?))
 }
 
-/// The AMQP queue and the JetStream consumer a source uses, for tests and docs.
+/// The queue an AMQP source declares and consumes (`herald.<name>` unless `queue` is set).
 pub fn queue_name(config: &SourceConfig) -> String {
     amqp::queue_name(config)
-}
-
-pub fn consumer_name(config: &SourceConfig) -> String {
-    match config.kind {
-        SourceKind::RedisStream => redis::consumer_name(config),
-        _ => nats::consumer_name(config),
-    }
 }

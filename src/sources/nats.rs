@@ -115,7 +115,7 @@ fn consumer_config(config: &SourceConfig) -> Result<consumer::pull::Config, Stri
     })
 }
 
-pub fn consumer_name(config: &SourceConfig) -> String {
+fn consumer_name(config: &SourceConfig) -> String {
     config.consumer.clone().unwrap_or_else(|| format!("herald-{}", config.name))
 }
 

@@ -41,7 +41,7 @@ async fn connection(client: &redis::Client, name: &str) -> Result<MultiplexedCon
     Ok(conn)
 }
 
-pub fn consumer_name(config: &SourceConfig) -> String {
+fn consumer_name(config: &SourceConfig) -> String {
     config.consumer.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
         if host.is_empty() { "herald".into() } else { format!("herald-{host}") }

@@ -52,9 +52,19 @@ impl PrivateNats {
 
     /// Kills the server and starts it again on the same port and storage.
     pub fn restart(&mut self) {
+        self.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        self.resume();
+    }
+
+    /// Kills the server (its storage stays).
+    pub fn stop(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Starts a stopped server again on the same port and storage.
+    pub fn resume(&mut self) {
         self.child = Self::spawn(self.port, self.dir.path(), &self.extra);
     }
 }
