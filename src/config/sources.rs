@@ -22,6 +22,10 @@ pub enum SourceKind {
     Redis,
     /// A Redis Stream read by a consumer group (`XREADGROUP`, `XACK` after acceptance).
     RedisStream,
+    /// MQTT 3.1.1 or 5: topic filters, QoS 1 acknowledged after acceptance, a persistent session.
+    Mqtt,
+    /// Another SSE endpoint, followed with `Last-Event-ID` across every reconnect.
+    Sse,
 }
 
 impl SourceKind {
@@ -32,6 +36,8 @@ impl SourceKind {
             SourceKind::Jetstream => "jetstream",
             SourceKind::Redis => "redis",
             SourceKind::RedisStream => "redis_stream",
+            SourceKind::Mqtt => "mqtt",
+            SourceKind::Sse => "sse",
         }
     }
 }
@@ -51,6 +57,16 @@ pub enum QueueKind {
     #[default]
     Classic,
     Quorum,
+}
+
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MqttProtocol {
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[default]
+    #[serde(rename = "5")]
+    V5,
 }
 
 /// Where a JetStream consumer made by Herald starts.
@@ -145,6 +161,31 @@ pub struct SourceConfig {
     #[serde(default, with = "humantime_serde")]
     pub claim_idle: Option<Duration>,
 
+    // MQTT.
+    /// Topic filters (`+` one level, `#` every level below), subscribed with QoS 1.
+    pub topics: Option<Vec<String>>,
+    /// The client id, which names the broker's persistent session for Herald (`herald-<name>`
+    /// by default). Each node of a cluster needs its own.
+    pub client_id: Option<String>,
+    /// `"5"` (default) or `"3.1.1"`.
+    pub protocol: Option<MqttProtocol>,
+    /// The nodes of a cluster subscribe as one shared subscription (`$share/<group>/<filter>`):
+    /// each message goes to one of them.
+    pub share_group: Option<String>,
+    /// How often the client pings a quiet broker (30 s by default).
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+
+    // Upstream SSE.
+    /// Request headers sent to the upstream (`Authorization`, a cookie, an API key).
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// The `Last-Event-ID` of the first request, when Herald holds none of its own yet.
+    pub last_event_id: Option<String>,
+    /// With nothing (not even a keep-alive comment) from the upstream this long, reconnect
+    /// (60 s by default).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+
     // Brokers with flow control.
     /// Messages delivered and not yet acknowledged, at most: what a slow store holds back.
     pub prefetch: Option<u16>,
@@ -225,7 +266,15 @@ impl SourceConfig {
             ("start_sequence", self.start_sequence.is_some(), &[SourceKind::Jetstream]),
             ("start_time", self.start_time.is_some(), &[SourceKind::Jetstream]),
             ("ack_wait", self.ack_wait.is_some(), &[SourceKind::Jetstream]),
-            ("prefetch", self.prefetch.is_some(), &[SourceKind::Amqp, SourceKind::Jetstream, SourceKind::RedisStream]),
+            ("prefetch", self.prefetch.is_some(), &[SourceKind::Amqp, SourceKind::Jetstream, SourceKind::RedisStream, SourceKind::Mqtt]),
+            ("topics", self.topics.is_some(), &[SourceKind::Mqtt]),
+            ("client_id", self.client_id.is_some(), &[SourceKind::Mqtt]),
+            ("protocol", self.protocol.is_some(), &[SourceKind::Mqtt]),
+            ("share_group", self.share_group.is_some(), &[SourceKind::Mqtt]),
+            ("keep_alive", self.keep_alive.is_some(), &[SourceKind::Mqtt]),
+            ("headers", self.headers.is_some(), &[SourceKind::Sse]),
+            ("last_event_id", self.last_event_id.is_some(), &[SourceKind::Sse]),
+            ("idle_timeout", self.idle_timeout.is_some(), &[SourceKind::Sse]),
             ("patterns", self.patterns.is_some(), &[SourceKind::Redis]),
             ("streams", self.streams.is_some(), &[SourceKind::RedisStream]),
             ("group", self.group.is_some(), &[SourceKind::RedisStream]),
@@ -244,12 +293,16 @@ impl SourceConfig {
                 self.url.split(',').all(|u| ["nats://", "tls://"].iter().any(|s| u.trim().starts_with(s)))
             }
             SourceKind::Redis | SourceKind::RedisStream => self.url.starts_with("redis://"),
+            SourceKind::Mqtt => self.url.starts_with("mqtt://") || self.url.starts_with("mqtts://"),
+            SourceKind::Sse => self.url.starts_with("http://") || self.url.starts_with("https://"),
         };
         if !scheme_ok {
             let want = match self.kind {
                 SourceKind::Amqp => "amqp:// or amqps://",
                 SourceKind::Nats | SourceKind::Jetstream => "nats:// or tls://",
                 SourceKind::Redis | SourceKind::RedisStream => "redis:// (TLS to Redis, rediss://, is not available yet)",
+                SourceKind::Mqtt => "mqtt:// or mqtts://",
+                SourceKind::Sse => "http:// or https://",
             };
             return bad("url", format!("must start with {want}"));
         }
@@ -291,6 +344,60 @@ impl SourceConfig {
                 }
                 if !matches!(self.deliver.unwrap_or_default(), DeliverFrom::New | DeliverFrom::All) {
                     return bad("deliver", "a Redis consumer group starts at `new` or `all`".into());
+                }
+            }
+            SourceKind::Mqtt => {
+                if let Err(e) = mqtt_address(&self.url) {
+                    return bad("url", e);
+                }
+                let Some(topics) = self.topics.as_ref().filter(|t| !t.is_empty()) else {
+                    return bad("topics", "name at least one topic filter (wildcards `+` and `#` allowed)".into());
+                };
+                for t in topics {
+                    if let Err(e) = check_topic_filter(t) {
+                        return bad("topics", format!("`{t}`: {e}"));
+                    }
+                }
+                if let Some(id) = &self.client_id
+                    && (id.is_empty() || id.len() > 65_535 || id.chars().any(char::is_control))
+                {
+                    return bad("client_id", format!("`{id}` must be 1 to 65,535 bytes without control characters"));
+                }
+                if let Some(group) = &self.share_group
+                    && (group.is_empty() || group.contains(['/', '+', '#']))
+                {
+                    return bad("share_group", format!("`{group}` must be a name without `/`, `+` or `#`"));
+                }
+                if self.keep_alive.is_some_and(|k| k.as_secs() == 0 || k.as_secs() > u64::from(u16::MAX)) {
+                    return bad("keep_alive", "must be between 1 s and 18 h".into());
+                }
+            }
+            SourceKind::Sse => {
+                if let Err(e) = url::Url::parse(&self.url) {
+                    return bad("url", format!("`{}` is not a URL: {e}", self.url));
+                }
+                for (name, value) in self.headers.iter().flatten() {
+                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+                        return bad("headers", format!("`{name}` is not a valid header name and value"));
+                    }
+                    if name.eq_ignore_ascii_case("last-event-id") {
+                        return bad("headers", "Herald sends Last-Event-ID itself: set `last_event_id` for the first request".into());
+                    }
+                }
+                if let Some(id) = &self.last_event_id
+                    && (id.is_empty() || id.contains(['\0', '\r', '\n']))
+                {
+                    return bad("last_event_id", "must be a non-empty id without NUL, CR or LF".into());
+                }
+                if self.idle_timeout.is_some_and(|t| t < Duration::from_secs(1)) {
+                    return bad("idle_timeout", "must be at least 1s".into());
+                }
+                // An event does not say which channel it was on.
+                if self.map.channels.is_empty() && self.map.channel_field.is_none() && self.map.format != MessageFormat::Herald {
+                    return bad(
+                        "map.channels",
+                        "name the channels the upstream's events go to (or `channel_field`, or format = \"herald\")".into(),
+                    );
                 }
             }
             SourceKind::Jetstream => {
@@ -400,6 +507,65 @@ pub fn check_template(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where an MQTT source connects, from its `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttAddress {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// `mqtt://[user[:password]@]host[:port]` (1883 by default) or `mqtts://…` (8883).
+pub fn mqtt_address(url: &str) -> Result<MqttAddress, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let tls = match parsed.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        other => return Err(format!("scheme `{other}`: use mqtt:// or mqtts://")),
+    };
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{url}` names no host"))?;
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("`{url}`: an MQTT address is scheme, credentials, host and port only"));
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|e| e.to_string());
+    let username = Some(parsed.username()).filter(|u| !u.is_empty()).map(decode).transpose()?;
+    let password = parsed.password().map(decode).transpose()?;
+    Ok(MqttAddress {
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port: parsed.port().unwrap_or(if tls { 8883 } else { 1883 }),
+        tls,
+        username,
+        password,
+    })
+}
+
+/// An MQTT topic filter: levels split by `/`, `+` a whole level, `#` a whole last level; a
+/// shared subscription is made with `share_group`, not written here.
+pub fn check_topic_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("is empty".into());
+    }
+    if filter.starts_with("$share/") {
+        return Err("write the filter alone and set `share_group` for a shared subscription".into());
+    }
+    if filter.contains('\0') {
+        return Err("holds a NUL character".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("`#` must be a whole level, the last one".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("`+` must be a whole level".into());
+        }
+    }
+    Ok(())
+}
+
 /// Names must be unique: they key idempotency and `/stats`.
 pub fn validate_all(sources: &[SourceConfig]) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
@@ -474,6 +640,36 @@ mod tests {
             "sources.a.name"
         );
         assert!(parse("[[sources]]\nname = \"a\"\ntype = \"amqp\"\nurl = \"amqp://h\"\nqueue_typo = 1").is_err());
+    }
+
+    #[test]
+    fn mqtt_sources_check_their_filters() {
+        let mqtt = |extra: &str| parse(&format!("[[sources]]\nname = \"m\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\n{extra}"));
+        assert!(mqtt("topics = [\"sensors/+/temp\", \"orders/#\", \"#\"]\nprotocol = \"3.1.1\"").is_ok());
+        assert_eq!(key_of(mqtt("")), "sources.m.topics");
+        for bad in ["a/#/b", "a/b#", "a+/b", "$share/g/a", ""] {
+            assert_eq!(key_of(mqtt(&format!("topics = [\"{bad}\"]"))), "sources.m.topics", "{bad}");
+        }
+        assert_eq!(key_of(mqtt("topics = [\"a\"]\nshare_group = \"g/x\"")), "sources.m.share_group");
+        assert_eq!(key_of(mqtt("topics = [\"a\"]\nstream = \"S\"")), "sources.m.stream");
+        assert!(mqtt("topics = [\"a\"]\nprotocol = \"4\"").is_err());
+        let url = |u: &str| parse(&format!("[[sources]]\nname = \"m\"\ntype = \"mqtt\"\nurl = \"{u}\"\ntopics = [\"a\"]"));
+        assert!(url("mqtts://user:secret@broker.example:8883").is_ok());
+        assert_eq!(key_of(url("tcp://h:1883")), "sources.m.url");
+        assert_eq!(key_of(url("mqtt://h:1883/path")), "sources.m.url");
+        assert_eq!(key_of(url("mqtt://:1883")), "sources.m.url");
+    }
+
+    #[test]
+    fn sse_sources_name_their_channels_and_send_valid_headers() {
+        let sse =
+            |extra: &str| parse(&format!("[[sources]]\nname = \"u\"\ntype = \"sse\"\nurl = \"https://up.example/sse?channel=a\"\n{extra}"));
+        assert!(sse("headers = {authorization = \"Bearer x\"}\n[sources.map]\nchannels = [\"mirror\"]").is_ok());
+        assert_eq!(key_of(sse("")), "sources.u.map.channels");
+        assert_eq!(key_of(sse("headers = {\"bad name\" = \"x\"}\n[sources.map]\nchannels = [\"m\"]")), "sources.u.headers");
+        assert_eq!(key_of(sse("headers = {last-event-id = \"3\"}\n[sources.map]\nchannels = [\"m\"]")), "sources.u.headers");
+        assert_eq!(key_of(sse("last_event_id = \"a\\nb\"\n[sources.map]\nchannels = [\"m\"]")), "sources.u.last_event_id");
+        assert_eq!(key_of(sse("topics = [\"a\"]\n[sources.map]\nchannels = [\"m\"]")), "sources.u.topics");
     }
 
     #[test]

@@ -60,10 +60,21 @@ impl Dedupe {
     }
 
     pub fn claim(&self, key: &str, fingerprint: [u8; 32], now_us: u64) -> Claim {
+        self.claim_as(key, fingerprint, false, now_us)
+    }
+
+    /// Claims `key` for a delivery its broker says is a first one (an MQTT packet id without
+    /// DUP: the broker uses packet ids again once a message is acknowledged): an earlier
+    /// publish under the key does not make this one a repeat, and this one's mark replaces it.
+    pub fn claim_new(&self, key: &str, fingerprint: [u8; 32], now_us: u64) -> Claim {
+        self.claim_as(key, fingerprint, true, now_us)
+    }
+
+    fn claim_as(&self, key: &str, fingerprint: [u8; 32], new: bool, now_us: u64) -> Claim {
         let mut inner = self.inner.lock();
         inner.expire(now_us);
         match inner.slots.get(key) {
-            Some(Slot::Done { ids, fingerprint: f, expires_wall_us }) if *expires_wall_us > now_us => {
+            Some(Slot::Done { ids, fingerprint: f, expires_wall_us }) if *expires_wall_us > now_us && !new => {
                 return if *f == fingerprint { Claim::Repeat(ids.to_vec()) } else { Claim::Reused };
             }
             Some(Slot::Pending { fingerprint: f, done }) => {
@@ -76,6 +87,7 @@ impl Dedupe {
         Claim::Mine(Claimed {
             inner: self.inner.clone(),
             key: key.into(),
+            new,
             fingerprint,
             window_us: self.window_us,
             _tx: tx,
@@ -123,6 +135,8 @@ pub struct Covered<'a> {
 pub struct Claimed {
     inner: Arc<Mutex<Inner>>,
     key: Box<str>,
+    /// Claimed with [`Dedupe::claim_new`].
+    new: bool,
     fingerprint: [u8; 32],
     window_us: u64,
     /// Dropped when the claim ends, which wakes the waiters.
@@ -138,6 +152,13 @@ impl Claimed {
 
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The key the cluster bus checks and records, which cannot be told that a delivery is a
+    /// new one: none for a [`Dedupe::claim_new`] claim, so that a new message is never taken
+    /// for an old one. (Its redelivery after a crash is then not recognised in a cluster.)
+    pub fn bus_key(&self) -> Option<&str> {
+        (!self.new).then_some(&*self.key)
     }
 
     /// The publish succeeded with these ids.
@@ -176,6 +197,19 @@ mod tests {
         assert!(matches!(d.claim("k", FP, 9_999_999), Claim::Repeat(ids) if ids == ["1", "2"]));
         assert!(matches!(d.claim("k", [0; 32], 1), Claim::Reused));
         assert!(matches!(d.claim("k", FP, 10_000_000), Claim::Mine(_)), "expired");
+    }
+
+    #[test]
+    fn a_new_delivery_replaces_an_earlier_publish_under_its_key() {
+        let d = Dedupe::new(Duration::from_secs(10));
+        let Claim::Mine(c) = d.claim("p7", FP, 0) else { panic!() };
+        c.done(&["1".into()], 0);
+        let Claim::Mine(c) = d.claim_new("p7", FP, 1) else { panic!("a new delivery publishes whatever the key holds") };
+        assert_eq!(c.bus_key(), None);
+        c.done(&["2".into()], 1);
+        assert!(matches!(d.claim("p7", FP, 2), Claim::Repeat(ids) if ids == ["2"]), "its redelivery repeats the new one");
+        d.expire(10_000_000);
+        assert!(matches!(d.claim("p7", FP, 10_000_000), Claim::Repeat(_)), "the replacing mark has its own window");
     }
 
     #[tokio::test]

@@ -26,6 +26,9 @@ pub struct Once {
     /// Unique across origins: a source's keys start with its name, HTTP's with `http:`.
     pub key: String,
     pub fingerprint: [u8; 32],
+    /// The broker says this delivery is a first one, whatever the key held before (MQTT packet
+    /// ids are used again): see [`Dedupe::claim_new`](super::dedupe::Dedupe::claim_new).
+    pub new: bool,
 }
 
 impl Once {
@@ -61,7 +64,7 @@ impl Once {
             }
             field(d.data.as_bytes());
         }
-        Once { key, fingerprint: h.finalize().into() }
+        Once { key, fingerprint: h.finalize().into(), new: false }
     }
 }
 
@@ -99,7 +102,7 @@ impl Hub {
     /// published waits for it; if the first fails, the repeat publishes.
     pub async fn ingest_once(&self, once: Once, batch: Vec<Submission>) -> Result<Ingested, PublishError> {
         loop {
-            match self.dedupe.claim(&once.key, once.fingerprint, now_wall_us()) {
+            match self.claim(&once, now_wall_us()) {
                 Claim::Repeat(ids) => return Ok(Ingested::Repeat(ids)),
                 Claim::Reused => return Err(PublishError::KeyReused(once.key)),
                 Claim::Wait(mut first) => {
@@ -142,7 +145,7 @@ impl Hub {
         for (i, (once, sub)) in batch.into_iter().enumerate() {
             let claim = match once {
                 None => None,
-                Some(once) => match self.dedupe.claim(&once.key, once.fingerprint, now) {
+                Some(once) => match self.claim(&once, now) {
                     Claim::Repeat(ids) => {
                         results[i] = Some(Ok(Ingested::Repeat(ids)));
                         continue;
@@ -194,6 +197,14 @@ impl Hub {
             results[i] = Some(self.ingest_once(once, vec![sub]).await);
         }
         results.into_iter().map(|r| r.expect("every submission is answered")).collect()
+    }
+
+    fn claim(&self, once: &Once, now_us: u64) -> Claim {
+        if once.new {
+            self.dedupe.claim_new(&once.key, once.fingerprint, now_us)
+        } else {
+            self.dedupe.claim(&once.key, once.fingerprint, now_us)
+        }
     }
 
     /// Idempotency keys held now.
@@ -293,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_publishes_once_and_a_failed_publish_does_not_use_it_up() {
         let hub = hub();
-        let once = |key: &str, fp: u8| Once { key: key.into(), fingerprint: [fp; 32] };
+        let once = |key: &str, fp: u8| Once { key: key.into(), fingerprint: [fp; 32], new: false };
         let first = hub.ingest_once(once("k", 1), vec![event(&["a"], &[], "x")]).await.unwrap();
         assert!(!first.is_repeat());
         let again = hub.ingest_once(once("k", 1), vec![event(&["a"], &[], "x")]).await.unwrap();
@@ -312,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn each_submission_of_a_batch_stands_alone() {
         let hub = hub();
-        let once = |key: &str| Some(Once { key: key.into(), fingerprint: [1; 32] });
+        let once = |key: &str| Some(Once { key: key.into(), fingerprint: [1; 32], new: false });
         let first = hub.ingest_once(once("seen").unwrap(), vec![event(&["a"], &[], "x")]).await.unwrap();
         let bad = Submission { draft: Draft { id: Some("a\nb".into()), ..Draft::default() }, ..event(&["a"], &[], "") };
         let results = hub

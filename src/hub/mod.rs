@@ -351,7 +351,7 @@ impl Hub {
                 })
                 .collect();
             // Counted as published when read back from the bus, like every node's events.
-            let appended = bus.append(&outgoing, claim.map(|c| c.key())).await?;
+            let appended = bus.append(&outgoing, claim.and_then(|c| c.bus_key())).await?;
             let ids =
                 outgoing.iter().zip(appended.positions).map(|(o, pos)| o.custom_id.clone().unwrap_or_else(|| pos.to_string())).collect();
             return Ok((ids, appended.repeat));

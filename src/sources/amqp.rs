@@ -131,8 +131,11 @@ async fn consume(config: &SourceConfig, intake: &Intake, conn: &Connection) -> R
     while let Some(batch) = next_batch(&mut consumer, max).await {
         let deliveries = batch.into_iter().collect::<Result<Vec<_>, _>>().map_err(fail("receive"))?;
         let ids: Vec<Option<&str>> = deliveries.iter().map(|d| d.properties.message_id().as_ref().map(|s| s.as_str())).collect();
-        let msgs: Vec<(Message, Option<&str>)> =
-            deliveries.iter().zip(&ids).map(|(d, id)| (Message { subject: d.routing_key.as_str(), payload: &d.data }, *id)).collect();
+        let msgs: Vec<(Message, Option<&str>)> = deliveries
+            .iter()
+            .zip(&ids)
+            .map(|(d, id)| (Message { subject: d.routing_key.as_str(), payload: &d.data, event: None }, *id))
+            .collect();
         // Shutting down: left unacknowledged, so the broker gives them to another consumer.
         let Some(outcomes) = intake.take(&msgs).await else { return Ok(()) };
         // The events are published; if an acknowledgement is lost with the connection, the

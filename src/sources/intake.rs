@@ -7,7 +7,7 @@
 use super::backoff::Backoff;
 use super::mapping::{Mapper, Message};
 use super::status::SourceStatus;
-use crate::hub::{ChannelError, Hub, Ingested, Once, PublishError};
+use crate::hub::{ChannelError, Hub, Ingested, Once, PublishError, Submission};
 use std::sync::Arc;
 
 /// What became of a message.
@@ -40,6 +40,25 @@ pub async fn next_batch<S: futures_util::Stream + Unpin>(stream: &mut S, max: us
     Some(batch)
 }
 
+/// How a message is known again when its broker delivers it twice.
+#[derive(Debug, Clone, Copy)]
+pub enum Redelivery<'a> {
+    /// The broker gives no id: a redelivery cannot be told from a new message.
+    Unknown,
+    /// The broker's own id of the message, the same on every delivery.
+    Id(&'a str),
+    /// MQTT's packet id, which the broker gives another message once this one is
+    /// acknowledged, and whether this delivery is a retransmission (DUP). A message is known by
+    /// its packet id and contents; only a retransmission can be a repeat.
+    Packet { id: u16, dup: bool },
+}
+
+impl<'a> From<Option<&'a str>> for Redelivery<'a> {
+    fn from(id: Option<&'a str>) -> Self {
+        id.map_or(Redelivery::Unknown, Redelivery::Id)
+    }
+}
+
 pub struct Intake {
     pub hub: Arc<Hub>,
     pub status: Arc<SourceStatus>,
@@ -63,7 +82,7 @@ impl Intake {
     /// of each), as one publish: one pass through the sequencer and one store sync for all.
     /// Returns what became of each, or `None` when the hub is shutting down before they could
     /// be taken: leave them unacknowledged, the broker gives them again.
-    pub async fn take(&self, msgs: &[(Message<'_>, Option<&str>)]) -> Option<Vec<Outcome>> {
+    pub async fn take<'a, K: Into<Redelivery<'a>> + Copy>(&self, msgs: &[(Message<'_>, K)]) -> Option<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; msgs.len()];
         // What is still to publish: (index, key, event).
         let mut pending = Vec::with_capacity(msgs.len());
@@ -71,8 +90,7 @@ impl Intake {
             self.status.received();
             match self.mapper.map(msg) {
                 Ok(sub) => {
-                    let key = id.filter(|_| self.dedupe).map(|id| format!("src:{}:{id}", self.name()));
-                    let once = key.map(|key| Once::of_batch(key, std::slice::from_ref(&sub)));
+                    let once = if self.dedupe { self.once((*id).into(), &sub) } else { None };
                     pending.push((i, once, sub));
                 }
                 Err(why) => outcomes[i] = Some(self.reject(why)),
@@ -130,6 +148,21 @@ impl Intake {
         }
         self.status.stall(None);
         Some(outcomes.into_iter().map(|o| o.expect("every message has an outcome")).collect())
+    }
+
+    /// The idempotency key of a message, if its broker lets it be known again.
+    fn once(&self, redelivery: Redelivery<'_>, sub: &Submission) -> Option<Once> {
+        let subs = std::slice::from_ref(sub);
+        match redelivery {
+            Redelivery::Unknown => None,
+            Redelivery::Id(id) => Some(Once::of_batch(format!("src:{}:{id}", self.name()), subs)),
+            Redelivery::Packet { id, dup } => {
+                let mut once = Once::of_batch(String::new(), subs);
+                once.key = format!("src:{}:p{id}:{}", self.name(), hex::encode(&once.fingerprint[..8]));
+                once.new = !dup;
+                Some(once)
+            }
+        }
     }
 
     fn reject(&self, why: String) -> Outcome {

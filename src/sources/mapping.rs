@@ -16,6 +16,8 @@ pub struct Message<'a> {
     /// The routing key, subject or topic.
     pub subject: &'a str,
     pub payload: &'a [u8],
+    /// The type the message already has (an upstream SSE event's), kept unless the map sets one.
+    pub event: Option<&'a str>,
 }
 
 pub struct Mapper {
@@ -53,7 +55,7 @@ impl Mapper {
             _ => Ok(Submission {
                 channels: self.channels(msg, false)?,
                 users: Vec::new(),
-                draft: Draft { data: text.to_owned(), event: self.map.event.clone(), ..Draft::default() },
+                draft: Draft { data: text.to_owned(), event: self.event(msg), ..Draft::default() },
             }),
         }
     }
@@ -62,7 +64,7 @@ impl Mapper {
         let mut input: EventInput = serde_json::from_str(text).map_err(|e| format!("not a Herald event: {e}"))?;
         let mut draft = input.take_draft()?;
         if draft.event.is_none() {
-            draft.event = self.map.event.clone();
+            draft.event = self.event(msg);
         }
         let users = input.users.take().unwrap_or_default();
         let named = match (input.channel, input.channels, input.path) {
@@ -93,7 +95,7 @@ impl Mapper {
         };
         let event = match field("map.event_field", &self.map.event_field)? {
             Some(v) => Some(one_string(v).map_err(|e| format!("map.event_field: {e}"))?),
-            None => self.map.event.clone(),
+            None => self.event(msg),
         };
         let id = match field("map.id_field", &self.map.id_field)? {
             Some(v) if v.get().starts_with('"') => Some(string_text(v.get())),
@@ -107,6 +109,11 @@ impl Mapper {
             None => data_text(doc.get()),
         };
         Ok(Submission { channels, users, draft: Draft { id, event, data, retry: None } })
+    }
+
+    /// The type set by the map, else the message's own.
+    fn event(&self, msg: &Message<'_>) -> Option<String> {
+        self.map.event.clone().or_else(|| msg.event.map(str::to_owned))
     }
 
     /// The channels from the templates; none for an event addressed to users when no template
@@ -210,7 +217,7 @@ mod tests {
     }
 
     fn map(m: &Mapper, subject: &str, payload: &str) -> Result<Submission, String> {
-        m.map(&Message { subject, payload: payload.as_bytes() })
+        m.map(&Message { subject, payload: payload.as_bytes(), event: None })
     }
 
     #[test]
@@ -227,7 +234,7 @@ mod tests {
         // Anything else is data, as it is.
         assert_eq!(map(&m, "rk", "plain text").unwrap().draft.data, "plain text");
         assert_eq!(map(&m, "rk", r#"{"data": 1, "other": 2}"#).unwrap().draft.data, r#"{"data": 1, "other": 2}"#);
-        assert!(m.map(&Message { subject: "rk", payload: b"\xff" }).is_err());
+        assert!(m.map(&Message { subject: "rk", payload: b"\xff", event: None }).is_err());
     }
 
     #[test]

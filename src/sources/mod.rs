@@ -9,8 +9,10 @@ mod amqp;
 mod backoff;
 mod intake;
 pub mod mapping;
+mod mqtt;
 mod nats;
 mod redis;
+mod sse_upstream;
 mod status;
 
 pub use intake::Outcome;
@@ -60,6 +62,8 @@ pub fn start(hub: &Arc<Hub>) -> anyhow::Result<Arc<Sources>> {
             }
             SourceKind::Redis => drop(tokio::spawn(redis::run(config, intake, false))),
             SourceKind::RedisStream => drop(tokio::spawn(redis::run(config, intake, true))),
+            SourceKind::Mqtt => drop(tokio::spawn(mqtt::run(intake, mqtt::settings(&config)?))),
+            SourceKind::Sse => drop(tokio::spawn(sse_upstream::run(intake, sse_upstream::settings(&config, &hub.config().history)?))),
         }
         sources.statuses.push(status);
     }

@@ -83,7 +83,7 @@ async fn core(config: &SourceConfig, intake: &Intake, client: &async_nats::Clien
             .iter()
             .map(|m| {
                 let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str());
-                (Message { subject: m.subject.as_str(), payload: &m.payload }, id)
+                (Message { subject: m.subject.as_str(), payload: &m.payload, event: None }, id)
             })
             .collect();
         if intake.take(&msgs).await.is_none() {
@@ -155,7 +155,7 @@ async fn consume(
         let msgs: Vec<(Message, Option<&str>)> = batch
             .iter()
             .zip(&ids)
-            .map(|(m, id)| (Message { subject: m.subject.as_str(), payload: &m.payload }, Some(id.as_str())))
+            .map(|(m, id)| (Message { subject: m.subject.as_str(), payload: &m.payload, event: None }, Some(id.as_str())))
             .collect();
         // Left unacknowledged: redelivered after ack_wait.
         let Some(outcomes) = intake.take(&msgs).await else { return Ok(()) };

@@ -74,7 +74,7 @@ async fn pubsub(config: &SourceConfig, intake: &Intake, client: &redis::Client) 
     let mut messages = pubsub.on_message();
     while let Some(batch) = next_batch(&mut messages, MAX_BATCH).await {
         let msgs: Vec<(Message, Option<&str>)> =
-            batch.iter().map(|m| (Message { subject: m.get_channel_name(), payload: m.get_payload_bytes() }, None)).collect();
+            batch.iter().map(|m| (Message { subject: m.get_channel_name(), payload: m.get_payload_bytes(), event: None }, None)).collect();
         if intake.take(&msgs).await.is_none() {
             return Ok(());
         }
@@ -203,7 +203,7 @@ impl Reader<'_> {
             }
         }
         let msgs: Vec<(Message, Option<&str>)> =
-            good.iter().map(|(id, payload)| (Message { subject: key, payload }, Some(id.as_str()))).collect();
+            good.iter().map(|(id, payload)| (Message { subject: key, payload, event: None }, Some(id.as_str()))).collect();
         if !msgs.is_empty() && self.intake.take(&msgs).await.is_none() {
             return Ok(false);
         }

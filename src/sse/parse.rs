@@ -11,6 +11,8 @@ pub struct MessageEvent {
     pub data: String,
     /// The last event id in force when the event was dispatched (empty when none was ever set).
     pub last_event_id: String,
+    /// The event had an `id` field of its own; else `last_event_id` is an earlier event's.
+    pub has_id: bool,
 }
 
 /// What the parser produces.
@@ -34,6 +36,8 @@ pub struct Parser {
     event: String,
     /// The last event ID buffer (set by `id:`, copied to the event at dispatch).
     id_buffer: String,
+    /// An `id` field was seen since the last dispatch.
+    id_seen: bool,
     last_event_id: String,
 }
 
@@ -123,7 +127,10 @@ impl Parser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" if !value.contains('\0') => value.clone_into(&mut self.id_buffer),
+            "id" if !value.contains('\0') => {
+                value.clone_into(&mut self.id_buffer);
+                self.id_seen = true;
+            }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 // Digits only, so the one failure left is overflow: ignored like any bad value.
                 if let Ok(ms) = value.parse() {
@@ -136,13 +143,19 @@ impl Parser {
 
     fn dispatch(&mut self, out: &mut Vec<Item>) {
         self.last_event_id.clone_from(&self.id_buffer);
+        let has_id = std::mem::take(&mut self.id_seen);
         if self.data.is_empty() {
             self.event.clear();
             return;
         }
         self.data.pop(); // the data buffer always ends in the LF added after its last line
         let event = if self.event.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event) };
-        out.push(Item::Event(MessageEvent { event, data: std::mem::take(&mut self.data), last_event_id: self.last_event_id.clone() }));
+        out.push(Item::Event(MessageEvent {
+            event,
+            data: std::mem::take(&mut self.data),
+            last_event_id: self.last_event_id.clone(),
+            has_id,
+        }));
     }
 }
 
@@ -161,7 +174,7 @@ mod tests {
     }
 
     fn ev(event: &str, data: &str, id: &str) -> Item {
-        Item::Event(MessageEvent { event: event.into(), data: data.into(), last_event_id: id.into() })
+        Item::Event(MessageEvent { event: event.into(), data: data.into(), last_event_id: id.into(), has_id: !id.is_empty() })
     }
 
     #[test]
@@ -174,7 +187,13 @@ mod tests {
             vec![
                 Item::Comment("test stream".into()),
                 ev("message", "first event", "1"),
-                ev("message", "second event", ""),
+                // `id` with no value: an id of its own, the empty one.
+                Item::Event(MessageEvent {
+                    event: "message".into(),
+                    data: "second event".into(),
+                    last_event_id: String::new(),
+                    has_id: true
+                }),
                 ev("message", " third event", "")
             ]
         );

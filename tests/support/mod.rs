@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chunked;
+pub mod mqtt;
 pub mod nats;
 pub mod process;
 pub mod proxy;

@@ -39,9 +39,14 @@ impl Served {
     }
 
     /// `herald serve` from a command the caller prepared (with environment variables, say).
-    pub fn spawn(mut command: Command, args: &[&str]) -> Served {
+    pub fn spawn(command: Command, args: &[&str]) -> Served {
+        Self::spawn_on(command, "127.0.0.1:0", args)
+    }
+
+    /// Listening on `listen` (a restarted server keeping its address).
+    pub fn spawn_on(mut command: Command, listen: &str, args: &[&str]) -> Served {
         let mut child =
-            command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+            command.args(["serve", "--listen", listen]).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
         let log = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,143 @@
+//! The MQTT source against real Mosquitto brokers, with messages published by Mosquitto's own
+//! client (`mosquitto_pub`): topic filters with `+` and `#` mapped onto channels over MQTT 3.1.1
+//! and 5, a malformed message rejected while the next arrives; every message exactly once across
+//! a restart of a private mosquitto; what is published while Herald is away delivered when it
+//! comes back (the persistent session); no duplicate after Herald dies between accepting a
+//! message and acknowledging it.
+
+mod support;
+
+use herald::sse::Item;
+use std::time::Duration;
+use support::mqtt::{PORT, PrivateMosquitto, publish};
+use support::process::Served;
+use support::sources::{connected, data, source, source_stats, unique};
+use support::{Sse, TestServer, WAIT, eventually, http};
+
+/// Ends the persistent session a test made on the shared broker (a clean-session connection
+/// with its client id does), so that runs leave nothing queued behind.
+fn forget_session(client_id: &str) {
+    let _ = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-i", client_id, "-t", "herald-test/forget", "-E"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+#[tokio::test]
+async fn topic_filters_map_onto_channels_over_3_1_1_and_5_and_a_malformed_message_is_rejected() {
+    for (protocol, publisher) in [("3.1.1", "mqttv311"), ("5", "mqttv5")] {
+        let name = unique("herald-test-", "filters", '-');
+        let config = source(&format!(
+            "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\nprotocol = \"{protocol}\"\n\
+             topics = [\"{name}/orders/+\", \"{name}/audit/#\"]\n\
+             [map]\nformat = \"json\"\nchannels = [\"{{2}}/{{3}}\"]\nevent_field = \"/kind\""
+        ));
+        let server = TestServer::with(|c| c.sources = vec![config]).await;
+        connected(&server.url("")).await;
+        let mut orders = Sse::open(&server.url("/sse/orders/7")).await;
+        let mut audit = Sse::open(&server.url("/sse/audit/x")).await;
+        support::subscribers(&server, "orders/7", 1).await;
+        support::subscribers(&server, "audit/x", 1).await;
+        let orders_topic = format!("{name}/orders/7");
+        publish(PORT, publisher, &orders_topic, &[r#"{"kind": "created", "n": 1}"#, "not json", r#"{"kind": "paid", "n": 2}"#]);
+        publish(PORT, publisher, &format!("{name}/audit/x/deep"), &[r#"{"kind": "seen"}"#]);
+        // `+` is one level: not delivered.
+        publish(PORT, publisher, &format!("{name}/orders/7/extra"), &[r#"{"kind": "no"}"#]);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Item::Event(e) = tokio::time::timeout(WAIT, orders.next_item()).await.unwrap().unwrap() {
+                got.push((e.event, e.data));
+            }
+        }
+        assert_eq!(
+            got,
+            [("created".into(), r#"{"kind":"created","n":1}"#.into()), ("paid".into(), r#"{"kind":"paid","n":2}"#.into())],
+            "MQTT {protocol}"
+        );
+        assert_eq!(data(&mut audit, 1).await, [r#"{"kind":"seen"}"#]);
+        orders.expect_no_event(Duration::from_millis(300)).await;
+        let stats = source_stats(&server.url("")).await;
+        assert_eq!(
+            (stats["accepted"].as_u64(), stats["rejected"].as_u64(), stats["type"].as_str()),
+            (Some(3), Some(1), Some("mqtt")),
+            "{stats}"
+        );
+        server.shutdown().await;
+        forget_session(&format!("herald-{name}"));
+    }
+}
+
+#[tokio::test]
+async fn every_message_arrives_once_across_a_broker_restart() {
+    let mut broker = PrivateMosquitto::start();
+    let name = unique("herald-test-", "restart", '-');
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopics = [\"news/#\"]\nrequired = true\n[map]\nchannels = [\"news\"]",
+        broker.url()
+    ));
+    let hub = TestServer::with(|c| c.sources = vec![config]).await;
+    connected(&hub.url("")).await;
+    let mut sub = Sse::open(&hub.url("/sse/news")).await;
+    support::subscribers(&hub, "news", 1).await;
+    let batch = |range: std::ops::Range<usize>| range.map(|i| format!("m{i}")).collect::<Vec<_>>();
+    let port = broker.port;
+    let send = move |msgs: &[String]| publish(port, "mqttv5", "news/a", &msgs.iter().map(String::as_str).collect::<Vec<_>>());
+    send(&batch(0..20));
+    assert_eq!(data(&mut sub, 20).await, batch(0..20));
+    broker.stop();
+    // Down, and required: not ready, until it is back.
+    eventually(async || http().get(hub.url("/healthz")).send().await.unwrap().status() == 503).await;
+    let health: serde_json::Value = http().get(hub.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["sources_down"][0]["name"], name.as_str(), "{health}");
+    broker.resume();
+    // Published as soon as the broker is back, most likely before Herald has reconnected: kept
+    // in Herald's session.
+    send(&batch(20..40));
+    assert_eq!(data(&mut sub, 20).await, batch(20..40), "each once, in order");
+    connected(&hub.url("")).await;
+    send(&batch(40..50));
+    assert_eq!(data(&mut sub, 10).await, batch(40..50));
+    sub.expect_no_event(Duration::from_millis(500)).await;
+    assert_eq!(http().get(hub.url("/healthz")).send().await.unwrap().status(), 200);
+    let stats = source_stats(&hub.url("")).await;
+    assert_eq!(stats["accepted"], 50, "{stats}");
+    assert!(stats["last_error"].is_string(), "the outage was seen: {stats}");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_is_published_while_herald_is_away_arrives_when_it_comes_back() {
+    let name = unique("herald-test-", "away", '-');
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[history]\nstore = \"memory\"\n[[sources]]\nname = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\n\
+         protocol = \"3.1.1\"\ntopics = [\"{name}/#\"]\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+    let args = ["--config", "herald.toml"];
+    let mut first = Served::start_with(dir.path(), &args);
+    connected(&first.url("")).await;
+    first.kill_9();
+    let away: Vec<String> = (0..5).map(|i| format!("away {i}")).collect();
+    publish(PORT, "mqttv311", &format!("{name}/x"), &away.iter().map(String::as_str).collect::<Vec<_>>());
+    let second = Served::start_with(dir.path(), &args);
+    eventually(async || source_stats(&second.url("")).await["accepted"] == 5).await;
+    let mut sse = Sse::open_with(&second.url("/sse/c"), &[("last-event-id", "0")]).await;
+    assert_eq!(data(&mut sse, 5).await, away);
+    sse.expect_no_event(Duration::from_millis(300)).await;
+    drop(second);
+    forget_session(&format!("herald-{name}"));
+}
+
+#[tokio::test]
+async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_twice() {
+    let name = unique("herald-test-", "crash", '-');
+    let toml = format!(
+        "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\ntopics = [\"{name}/#\"]\n[sources.map]\nchannels = [\"c\"]\n"
+    );
+    let topic = format!("{name}/a");
+    let send = async |body: &str| publish(PORT, "mqttv5", &topic, &[body]);
+    support::sources::no_duplicate_after_a_crash_between_accept_and_ack(&name, &toml, send).await;
+    forget_session(&format!("herald-{name}"));
+}
