@@ -3,7 +3,8 @@
 //! and 5, a malformed message rejected while the next arrives; every message exactly once across
 //! a restart of a private mosquitto; what is published while Herald is away delivered when it
 //! comes back (the persistent session); no duplicate after Herald dies between accepting a
-//! message and acknowledging it.
+//! message and acknowledging it; two cluster nodes in one shared subscription publishing each
+//! message once.
 
 mod support;
 
@@ -140,4 +141,44 @@ async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_
     let send = async |body: &str| publish(PORT, "mqttv5", &topic, &[body]);
     support::sources::no_duplicate_after_a_crash_between_accept_and_ack(&name, &toml, send).await;
     forget_session(&format!("herald-{name}"));
+}
+
+#[tokio::test]
+async fn two_cluster_nodes_in_one_shared_subscription_publish_each_message_once() {
+    let name = unique("herald-test-", "pair", '-');
+    let stream = format!("herald-test:{name}");
+    let make = |node: &str| {
+        let config = source(&format!(
+            "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\ntopics = [\"{name}/#\"]\n\
+             share_group = \"herald\"\nclient_id = \"herald-{name}-{node}\"\n[map]\nchannels = [\"c\"]"
+        ));
+        let stream = stream.clone();
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = "redis://127.0.0.1:6379".into();
+            c.cluster.stream = stream;
+        })
+    };
+    let (a, b) = (make("a").await, make("b").await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    let mut on_a = Sse::open(&a.url("/sse/c")).await;
+    let mut on_b = Sse::open(&b.url("/sse/c")).await;
+    support::subscribers(&a, "c", 1).await;
+    support::subscribers(&b, "c", 1).await;
+    let sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    publish(PORT, "mqttv5", &format!("{name}/x"), &sent.iter().map(String::as_str).collect::<Vec<_>>());
+    for sub in [&mut on_a, &mut on_b] {
+        let mut got = data(sub, 40).await;
+        got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
+        assert_eq!(got, sent, "each once");
+        sub.expect_no_event(Duration::from_millis(300)).await;
+    }
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
+    assert!(sa["accepted"].as_u64().unwrap() > 0 && sb["accepted"].as_u64().unwrap() > 0, "both nodes took messages: {sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    forget_session(&format!("herald-{name}-a"));
+    forget_session(&format!("herald-{name}-b"));
 }

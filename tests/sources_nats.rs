@@ -2,7 +2,8 @@
 //! (async-nats): core subjects with wildcards mapped onto channels, a malformed message rejected
 //! while the next arrives; JetStream durable consumers with every message exactly once across a
 //! restart of a private nats-server, no duplicate after Herald dies between accepting a message
-//! and acknowledging it, and `deliver = "all"` reading what was stored before Herald came.
+//! and acknowledging it, `deliver = "all"` reading what was stored before Herald came, and two
+//! cluster nodes sharing the durable consumer publishing each message once.
 
 mod support;
 
@@ -238,4 +239,43 @@ async fn a_tls_broker_is_used_with_its_ca_and_refused_without_it() {
     assert_eq!(stats["connected"], false, "{stats}");
     good.shutdown().await;
     bad.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_cluster_nodes_sharing_the_durable_consumer_publish_each_message_once() {
+    let name = unique("herald_test_", "js_pair", '_');
+    let client = nats(NATS).await;
+    let js = async_nats::jetstream::new(client);
+    stream(&js, &name, &[&format!("{name}.>")]).await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
+    ));
+    let bus_stream = format!("herald-test:{name}");
+    let make = || {
+        let (config, bus_stream) = (config.clone(), bus_stream.clone());
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = "redis://127.0.0.1:6379".into();
+            c.cluster.stream = bus_stream;
+        })
+    };
+    let (a, b) = (make().await, make().await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    let mut on_a = Sse::open(&a.url("/sse/c")).await;
+    support::subscribers(&a, "c", 1).await;
+    for i in 0..40 {
+        js_publish(&js, &format!("{name}.x"), &format!("m{i}")).await;
+    }
+    let mut got = data(&mut on_a, 40).await;
+    got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
+    assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+    on_a.expect_no_event(Duration::from_millis(300)).await;
+    // One consumer for both: no message was taken by both nodes.
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    let taken = |s: &serde_json::Value| s["accepted"].as_u64().unwrap() + s["duplicates"].as_u64().unwrap();
+    assert_eq!(taken(&sa) + taken(&sb), 40, "{sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = js.delete_stream(&name).await;
 }

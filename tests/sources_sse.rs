@@ -1,7 +1,8 @@
 //! The upstream SSE source: another Herald followed across its own restart (kill -9) and across
 //! the downstream's, every event exactly once and in order; a plain SSE server of the test's
 //! own shows the source sending its headers and `Last-Event-ID`, following `retry:`, publishing
-//! an event the upstream sends again once, and reporting an upstream that refuses it.
+//! an event the upstream sends again once, and reporting an upstream that refuses it; two
+//! cluster nodes following one upstream publish each event once (the bus holds the ids).
 
 mod support;
 
@@ -162,4 +163,38 @@ async fn an_upstream_that_is_not_an_event_stream_is_reported() {
     eventually(async || source_stats(&server.url("")).await["last_error"].as_str().is_some_and(|e| e.contains("text/html"))).await;
     assert_eq!(source_stats(&server.url("")).await["connected"], false);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_cluster_nodes_following_one_upstream_publish_each_event_once() {
+    let upstream = TestServer::with(|_| {}).await;
+    let config =
+        source(&format!("name = \"mirror\"\ntype = \"sse\"\nurl = \"{}\"\n[map]\nchannels = [\"copy\"]", upstream.url("/sse/news")));
+    let stream = format!("herald-test:sse-pair:{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let make = || {
+        let (config, stream) = (config.clone(), stream.clone());
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = "redis://127.0.0.1:6379".into();
+            c.cluster.stream = stream;
+        })
+    };
+    let (a, b) = (make().await, make().await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    support::subscribers(&upstream, "news", 2).await;
+    let mut on_b = Sse::open(&b.url("/sse/copy")).await;
+    support::subscribers(&b, "copy", 1).await;
+    for i in 0..20 {
+        upstream.publish_data("news", &format!("e{i}")).await;
+    }
+    assert_eq!(data(&mut on_b, 20).await, (0..20).map(|i| format!("e{i}")).collect::<Vec<_>>(), "each once, in order");
+    on_b.expect_no_event(Duration::from_millis(500)).await;
+    // Both nodes read every event; the bus took each id once.
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap();
+    assert_eq!((n(&sa, "accepted") + n(&sb, "accepted"), n(&sa, "duplicates") + n(&sb, "duplicates")), (20, 20), "{sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+    upstream.shutdown().await;
 }
