@@ -10,7 +10,7 @@ mod support;
 
 use herald::sse::Item;
 use std::time::Duration;
-use support::mqtt::{PORT, PrivateMosquitto, publish};
+use support::mqtt::{PORT, PrivateMosquitto, publish, publish_with};
 use support::process::Served;
 use support::sources::{connected, data, source, source_stats, unique};
 use support::{Sse, TestServer, WAIT, eventually, http};
@@ -181,4 +181,44 @@ async fn two_cluster_nodes_in_one_shared_subscription_publish_each_message_once(
     b.shutdown().await;
     forget_session(&format!("herald-{name}-a"));
     forget_session(&format!("herald-{name}-b"));
+}
+
+#[tokio::test]
+async fn a_tls_broker_is_used_with_its_ca_and_credentials_and_refused_without_the_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    support::tls::certificates(certs.path(), "ca");
+    support::tls::certificates(certs.path(), "other");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let passwords = certs.path().join("passwords");
+    std::fs::write(&passwords, "").unwrap();
+    let made = std::process::Command::new("mosquitto_passwd").args(["-b"]).arg(&passwords).args(["herald", "p@ss:word"]).status();
+    assert!(made.unwrap().success(), "mosquitto_passwd (Debian package mosquitto) makes the broker's password file");
+    let broker = PrivateMosquitto::start_with(&format!(
+        "certfile {}\nkeyfile {}\npassword_file {}\nallow_anonymous false",
+        path("server.pem"),
+        path("server.key"),
+        passwords.display()
+    ));
+    // Credentials in the URL, percent-encoded.
+    let url = format!("mqtts://herald:p%40ss%3Aword@127.0.0.1:{}", broker.port);
+    let config = |name: &str, ca: &str| {
+        source(&format!(
+            "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"{url}\"\ntopics = [\"t/#\"]\n[tls]\nca_file = \"{}\"\n[map]\nchannels = [\"t\"]",
+            path(ca)
+        ))
+    };
+    let good = TestServer::with(|c| c.sources = vec![config("good", "ca.pem")]).await;
+    let bad = TestServer::with(|c| c.sources = vec![config("bad", "other.pem")]).await;
+    connected(&good.url("")).await;
+    let mut sub = Sse::open(&good.url("/sse/t")).await;
+    support::subscribers(&good, "t", 1).await;
+    let tls_args = ["--cafile", &path("ca.pem"), "-u", "herald", "-P", "p@ss:word"];
+    publish_with(broker.port, "mqttv5", "t/x", &["over tls"], &tls_args);
+    assert_eq!(data(&mut sub, 1).await, ["over tls"]);
+    // A broker whose certificate does not chain to the configured CA is never trusted.
+    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
+    let stats = source_stats(&bad.url("")).await;
+    assert_eq!(stats["connected"], false, "{stats}");
+    good.shutdown().await;
+    bad.shutdown().await;
 }

@@ -163,55 +163,11 @@ async fn deliver_all_reads_what_the_stream_held_before_and_malformed_messages_ar
     let _ = js.delete_stream(&name).await;
 }
 
-/// A certificate authority and a certificate it signed for 127.0.0.1, made with openssl.
-fn certificates(dir: &std::path::Path, ca: &str) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &format!("{ca}.key"),
-        "-out",
-        &format!("{ca}.pem"),
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN={ca}"),
-    ]);
-    if ca == "ca" {
-        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ]);
-    }
-}
-
 #[tokio::test]
 async fn a_tls_broker_is_used_with_its_ca_and_refused_without_it() {
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path(), "ca");
-    certificates(certs.path(), "other");
+    support::tls::certificates(certs.path(), "ca");
+    support::tls::certificates(certs.path(), "other");
     let path = |f: &str| certs.path().join(f).display().to_string();
     let server = PrivateNats::start_with(&["--tls", "--tlscert", &path("server.pem"), "--tlskey", &path("server.key")]);
     let url = format!("tls://127.0.0.1:{}", server.port);

@@ -8,6 +8,7 @@ pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod sources;
+pub mod tls;
 
 use futures_util::StreamExt;
 use herald::config::Config;

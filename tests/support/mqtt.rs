@@ -12,9 +12,15 @@ pub const PORT: u16 = 1883;
 /// `mosquitto_pub`, speaking `protocol` (`mqttv311` or `mqttv5`), and waits until the broker
 /// has acknowledged them all.
 pub fn publish(port: u16, protocol: &str, topic: &str, messages: &[&str]) {
+    publish_with(port, protocol, topic, messages, &[]);
+}
+
+/// [`publish`] with more arguments for `mosquitto_pub` (`--cafile …`).
+pub fn publish_with(port: u16, protocol: &str, topic: &str, messages: &[&str], extra: &[&str]) {
     assert!(messages.iter().all(|m| !m.contains('\n')), "one line per message");
     let mut child = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-V", protocol, "-t", topic, "-l"])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -43,10 +49,15 @@ pub struct PrivateMosquitto {
 
 impl PrivateMosquitto {
     pub fn start() -> PrivateMosquitto {
+        Self::start_with("")
+    }
+
+    /// With more lines for the listener's configuration (`certfile …`).
+    pub fn start_with(listener: &str) -> PrivateMosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n",
+            "listener {port} 127.0.0.1\n{listener}\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
