@@ -23,6 +23,14 @@ pub struct ClientTls {
     pub insecure: bool,
 }
 
+/// Makes aws-lc-rs the process's rustls provider, for libraries that build their TLS
+/// configuration from the default (the redis crate): two providers are in the tree, and rustls
+/// will not choose between them itself.
+pub fn install_default_provider() {
+    // Already installed (by an earlier call) is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// What the configuration calls the files (their keys differ between sections).
 pub struct KeyNames {
     pub ca_file: &'static str,

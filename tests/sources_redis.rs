@@ -3,14 +3,15 @@
 //! while the next arrives; every entry exactly once across `CLIENT KILL` of Herald's
 //! connection; no duplicate after Herald dies between accepting an entry and acknowledging it;
 //! entries left pending by a consumer that died taken over; two cluster nodes in one group
-//! publishing each entry once; pub/sub with a pattern.
+//! publishing each entry once; pub/sub with a pattern; TLS (`rediss://`) with a client
+//! certificate to a private redis-server that asks for one.
 
 mod support;
 
 use redis::AsyncCommands;
 use std::time::Duration;
 use support::sources::{connected, data, source, source_stats, unique};
-use support::{Sse, TestServer};
+use support::{Sse, TestServer, eventually};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -181,4 +182,65 @@ async fn pubsub_patterns_map_onto_channels() {
     let stats = source_stats(&server.url("")).await;
     assert_eq!(stats["type"], "redis");
     server.shutdown().await;
+}
+
+/// A `redis-server` of the test's own that speaks only TLS and asks for a client certificate.
+struct TlsRedis(std::process::Child);
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_tls_redis_is_used_with_its_ca_and_a_client_certificate_and_refused_without_one() {
+    let certs = tempfile::tempdir().unwrap();
+    support::tls::certificates(certs.path(), "ca");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key"), "--tls-ca-cert-file", &path("ca.pem")])
+        .args(["--tls-auth-clients", "yes"])
+        .current_dir(certs.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (Debian package redis-server)");
+    let _server = TlsRedis(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the private redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = |name: &str, client_cert: bool| {
+        let cert = if client_cert {
+            format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", path("server.pem"), path("server.key"))
+        } else {
+            String::new()
+        };
+        source(&format!(
+            "name = \"{name}\"\ntype = \"redis\"\nurl = \"rediss://127.0.0.1:{port}\"\nsubjects = [\"news\"]\n[tls]\nca_file = \"{}\"\n{cert}",
+            path("ca.pem")
+        ))
+    };
+    let good = TestServer::with(|c| c.sources = vec![config("good", true)]).await;
+    let bad = TestServer::with(|c| c.sources = vec![config("bad", false)]).await;
+    connected(&good.url("")).await;
+    let mut sub = Sse::open(&good.url("/sse/news")).await;
+    support::subscribers(&good, "news", 1).await;
+    // Published with Redis's own command-line client, over TLS too.
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", &path("ca.pem"), "--cert", &path("server.pem"), "--key", &path("server.key")])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PUBLISH", "news", "over tls"])
+        .output()
+        .expect("redis-cli is installed (Debian package redis-tools)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "one subscriber, Herald: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(data(&mut sub, 1).await, ["over tls"]);
+    // Without a client certificate the server refuses the handshake.
+    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
+    assert_eq!(source_stats(&bad.url("")).await["connected"], false);
+    good.shutdown().await;
+    bad.shutdown().await;
 }

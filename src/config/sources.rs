@@ -292,7 +292,7 @@ impl SourceConfig {
             SourceKind::Nats | SourceKind::Jetstream => {
                 self.url.split(',').all(|u| ["nats://", "tls://"].iter().any(|s| u.trim().starts_with(s)))
             }
-            SourceKind::Redis | SourceKind::RedisStream => self.url.starts_with("redis://"),
+            SourceKind::Redis | SourceKind::RedisStream => self.url.starts_with("redis://") || self.url.starts_with("rediss://"),
             SourceKind::Mqtt => self.url.starts_with("mqtt://") || self.url.starts_with("mqtts://"),
             SourceKind::Sse => self.url.starts_with("http://") || self.url.starts_with("https://"),
         };
@@ -300,14 +300,15 @@ impl SourceConfig {
             let want = match self.kind {
                 SourceKind::Amqp => "amqp:// or amqps://",
                 SourceKind::Nats | SourceKind::Jetstream => "nats:// or tls://",
-                SourceKind::Redis | SourceKind::RedisStream => "redis:// (TLS to Redis, rediss://, is not available yet)",
+                SourceKind::Redis | SourceKind::RedisStream => "redis:// or rediss://",
                 SourceKind::Mqtt => "mqtt:// or mqtts://",
                 SourceKind::Sse => "http:// or https://",
             };
             return bad("url", format!("must start with {want}"));
         }
-        if matches!(self.kind, SourceKind::Redis | SourceKind::RedisStream) && !self.tls.is_default() {
-            return bad("tls", "TLS to Redis is not available yet".into());
+        if matches!(self.kind, SourceKind::Redis | SourceKind::RedisStream) && !self.tls.is_default() && !self.url.starts_with("rediss://")
+        {
+            return bad("tls", "TLS to Redis is asked for with a rediss:// url".into());
         }
         if self.kind == SourceKind::Amqp && self.tls.insecure {
             return bad("tls.insecure", "is not available for amqp sources: give the broker's CA with tls.ca_file".into());

@@ -60,8 +60,11 @@ pub fn start(hub: &Arc<Hub>) -> anyhow::Result<Arc<Sources>> {
                 let tls = nats_tls(&config)?;
                 tokio::spawn(nats::run(config, intake, tls));
             }
-            SourceKind::Redis => drop(tokio::spawn(redis::run(config, intake, false))),
-            SourceKind::RedisStream => drop(tokio::spawn(redis::run(config, intake, true))),
+            SourceKind::Redis | SourceKind::RedisStream => {
+                let client = redis::client(&config)?;
+                let streams = config.kind == SourceKind::RedisStream;
+                tokio::spawn(redis::run(config, intake, client, streams));
+            }
             SourceKind::Mqtt => drop(tokio::spawn(mqtt::run(intake, mqtt::settings(&config)?))),
             SourceKind::Sse => drop(tokio::spawn(sse_upstream::run(intake, sse_upstream::settings(&config, &hub.config().history)?))),
         }

@@ -24,8 +24,27 @@ const DEFAULT_PREFETCH: u16 = 100;
 const BLOCK: Duration = Duration::from_secs(2);
 const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(60);
 
-fn client(config: &SourceConfig) -> Result<redis::Client, String> {
-    redis::Client::open(config.url.as_str()).map_err(|e| format!("url: {e}"))
+/// The source's Redis client: `rediss://` is TLS, with the CA, client certificate and key of
+/// `[sources.tls]` (none: the system's roots). A file that cannot be read stops start-up.
+pub fn client(config: &SourceConfig) -> anyhow::Result<redis::Client> {
+    let key = |k: &str| format!("sources.{}.{k}", config.name);
+    if !config.url.starts_with("rediss://") {
+        return redis::Client::open(config.url.as_str()).map_err(|e| anyhow::anyhow!("{}: {e}", key("url")));
+    }
+    crate::tls::install_default_provider();
+    let read = |k: &str, path: &std::path::Path| std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {}: {e}", key(k), path.display()));
+    let tls = &config.tls;
+    let root_cert = tls.ca_file.as_deref().map(|p| read("tls.ca_file", p)).transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(k)) => {
+            Some(redis::ClientTlsConfig { client_cert: read("tls.cert_file", cert)?, client_key: read("tls.key_file", k)? })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("{}: cert_file and key_file go together", key("tls")),
+    };
+    // The redis crate's way to take any certificate.
+    let url = if tls.insecure && !config.url.contains('#') { format!("{}#insecure", config.url) } else { config.url.clone() };
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| anyhow::anyhow!("{}: {e}", key("tls")))
 }
 
 /// A connection named `herald-source-<name>` (`CLIENT SETNAME`), so that an operator reading
@@ -50,11 +69,7 @@ fn consumer_name(config: &SourceConfig) -> String {
 
 /// Runs a pub/sub source (`streams` false: subscribed again after every reconnect, and what
 /// was published meanwhile is gone) or a Streams source, reconnecting with backoff.
-pub async fn run(config: SourceConfig, intake: Arc<Intake>, streams: bool) {
-    let client = match client(&config) {
-        Ok(c) => c,
-        Err(e) => return intake.status.down(e),
-    };
+pub async fn run(config: SourceConfig, intake: Arc<Intake>, client: redis::Client, streams: bool) {
     let (config, intake, client) = (&config, &*intake, &client);
     supervise(intake, move || async move {
         if streams { read_streams(config, intake, client).await } else { pubsub(config, intake, client).await }
