@@ -3,7 +3,8 @@
 //! data; a malformed message dead-lettered while the next good one arrives; every message
 //! exactly once across `rabbitmqctl close_all_connections`; no duplicate after Herald dies
 //! between accepting a message and acknowledging it; held messages while the store is down;
-//! two cluster nodes sharing the queue publish each message once.
+//! two cluster nodes sharing the queue publish each message once; TLS (`amqps://`) with a client
+//! certificate to a private RabbitMQ that asks for one.
 //!
 //! The tests of this file take turns (`close_all_connections` cuts every connection).
 
@@ -258,4 +259,106 @@ async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
     a.shutdown().await;
     b.shutdown().await;
     cleanup(&[&herald::sources::queue_name(&config)], &[&format!("{name}-x")]).await;
+}
+
+/// A RabbitMQ node of the test's own (its own name, ports and data), with a plain listener for
+/// the test's publisher and a TLS one that asks for a client certificate. Stopped when dropped.
+struct TlsRabbit {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRabbit {
+    fn start(certs: &std::path::Path) -> TlsRabbit {
+        use std::os::unix::process::CommandExt;
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (plain, tls, dist) = (free(), free(), free());
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cert = |f: &str| certs.join(f).display().to_string();
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{plain}\nlisteners.ssl.default = 127.0.0.1:{tls}\nloopback_users = none\n\
+                 ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+                cert("ca.pem"),
+                cert("server.pem"),
+                cert("server.key")
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("enabled_plugins"), "[].").unwrap();
+        let child = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("RABBITMQ_NODENAME", format!("herald-test-{tls}@localhost"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server is installed (Debian package rabbitmq-server): the AMQP TLS test runs a node of its own");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() || std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the private RabbitMQ node did not start within 60s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsRabbit { child, plain, tls, _dir: dir }
+    }
+}
+
+impl Drop for TlsRabbit {
+    fn drop(&mut self) {
+        // The whole process group: the script and the Erlang VM it started.
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_tls_broker_is_used_with_its_ca_and_a_client_certificate_and_refused_without_one() {
+    let certs = tempfile::tempdir().unwrap();
+    support::tls::certificates(certs.path(), "ca");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let rabbit = TlsRabbit::start(certs.path());
+    let config = |name: &str, client_cert: bool| {
+        let cert = if client_cert {
+            format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", path("server.pem"), path("server.key"))
+        } else {
+            String::new()
+        };
+        source(&format!(
+            "name = \"{name}\"\ntype = \"amqp\"\nurl = \"amqps://guest:guest@127.0.0.1:{}/%2f\"\nexchange = \"amq.fanout\"\n\
+             [tls]\nca_file = \"{}\"\n{cert}[map]\nchannels = [\"t\"]",
+            rabbit.tls,
+            path("ca.pem")
+        ))
+    };
+    let good = TestServer::with(|c| c.sources = vec![config("good", true)]).await;
+    let bad = TestServer::with(|c| c.sources = vec![config("bad", false)]).await;
+    connected(&good.url("")).await;
+    let mut sub = Sse::open(&good.url("/sse/t")).await;
+    support::subscribers(&good, "t", 1).await;
+    // The test publishes on the node's plain listener.
+    let plain = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit.plain);
+    let conn = Connection::connect(&plain, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish("amq.fanout".into(), "".into(), BasicPublishOptions::default(), b"over tls", BasicProperties::default())
+        .await
+        .unwrap();
+    confirm.await.unwrap();
+    assert_eq!(events(&mut sub, 1).await[0].2, "over tls");
+    // Without a client certificate the broker refuses the handshake.
+    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
+    assert_eq!(source_stats(&bad.url("")).await["connected"], false);
+    good.shutdown().await;
+    bad.shutdown().await;
 }
