@@ -1,4 +1,4 @@
-//! Sustained events per second from RabbitMQ and from NATS JetStream into one channel with
+//! Sustained events per second from RabbitMQ, NATS JetStream and MQTT (Mosquitto) into one channel with
 //! 1,000 subscribers, each message acknowledged after acceptance, against the same events
 //! published over HTTP (one event per request, four keep-alive connections), with the memory
 //! store and with the disk store at `fsync = "always"`.
@@ -9,7 +9,7 @@
 //! message and deliveries per server CPU-second. The brokers run on the same machine and share
 //! its cores: the rates are this machine's, not the brokers' limits.
 //!
-//!     cargo build --release --examples && taskset -c 1 target/release/examples/source_throughput 5000 [path/to/herald]
+//!     cargo build --release --bins --examples && taskset -c 1 target/release/examples/source_throughput 5000 [path/to/herald]
 
 #[path = "common/mod.rs"]
 mod common;
@@ -34,6 +34,7 @@ enum Via {
     Http,
     Amqp,
     Jetstream,
+    Mqtt,
 }
 
 fn config(via: Via, disk: bool, dir: &Path) -> String {
@@ -51,8 +52,19 @@ fn config(via: Via, disk: bool, dir: &Path) -> String {
         Via::Jetstream => c.push_str(&format!(
             "[[sources]]\nname = \"bench\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{STREAM}\"\nprefetch = 1000\n[sources.map]\nchannels = [\"bench\"]\n"
         )),
+        Via::Mqtt => c.push_str(&format!(
+            "[[sources]]\nname = \"bench\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopics = [\"herald-bench/#\"]\nclient_id = \"{}\"\nprefetch = 1000\n[sources.map]\nchannels = [\"bench\"]\n",
+            mqtt_client_id()
+        )),
     }
     c
+}
+
+/// A client id of this run's own: a persistent session left by an earlier run would hold its
+/// messages.
+fn mqtt_client_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("herald-bench-{}", std::process::id())).clone()
 }
 
 async fn source_connected(addr: &str) {
@@ -108,6 +120,21 @@ async fn send(via: Via, addr: &str, n: usize) {
                 ack.await.unwrap();
             }
         }
+        Via::Mqtt => {
+            // Mosquitto's own client, QoS 1, one message per line.
+            use std::io::Write;
+            let mut child = std::process::Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", "herald-bench/m", "-l"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("mosquitto_pub (Debian package mosquitto-clients)");
+            let mut stdin = child.stdin.take().unwrap();
+            for i in 0..n {
+                writeln!(stdin, "m{i}").unwrap();
+            }
+            drop(stdin);
+            assert!(child.wait().unwrap().success(), "mosquitto_pub at 127.0.0.1:1883");
+        }
     }
 }
 
@@ -137,7 +164,7 @@ async fn main() {
     println!("{n} messages into 1 channel with {SUBSCRIBERS} subscribers; server on CPU 0, one worker");
     println!("{:<10} {:<14} {:>12} {:>16} {:>18}", "via", "store", "messages/s", "server µs/msg", "delivered/CPU-s");
     for disk in [false, true] {
-        for via in [Via::Http, Via::Amqp, Via::Jetstream] {
+        for via in [Via::Http, Via::Amqp, Via::Jetstream, Via::Mqtt] {
             prepare_brokers().await;
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("herald.toml");
@@ -179,6 +206,12 @@ async fn main() {
             }
             let _ = child.kill();
             let _ = child.wait();
+            if matches!(via, Via::Mqtt) {
+                // A clean-session connection with the run's client id ends its persistent session.
+                let _ = std::process::Command::new("mosquitto_sub")
+                    .args(["-h", "127.0.0.1", "-p", "1883", "-i", &mqtt_client_id(), "-t", "herald-bench/end", "-E"])
+                    .status();
+            }
         }
     }
 }
