@@ -235,3 +235,38 @@ async fn two_cluster_nodes_sharing_the_durable_consumer_publish_each_message_onc
     b.shutdown().await;
     let _ = js.delete_stream(&name).await;
 }
+
+#[tokio::test]
+async fn two_cluster_nodes_in_one_queue_group_publish_each_core_message_once() {
+    let name = unique("herald_test_", "core_pair", '_');
+    let client = nats(NATS).await;
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"nats\"\nurl = \"{NATS}\"\nsubjects = [\"{name}.>\"]\nqueue_group = \"herald\"\n[map]\nchannels = [\"c\"]"
+    ));
+    let bus_stream = format!("herald-test:{name}");
+    let make = || {
+        let (config, bus_stream) = (config.clone(), bus_stream.clone());
+        TestServer::with(move |c| {
+            c.sources = vec![config];
+            c.cluster.bus = "redis://127.0.0.1:6379".into();
+            c.cluster.stream = bus_stream;
+        })
+    };
+    let (a, b) = (make().await, make().await);
+    connected(&a.url("")).await;
+    connected(&b.url("")).await;
+    let mut on_b = Sse::open(&b.url("/sse/c")).await;
+    support::subscribers(&b, "c", 1).await;
+    for i in 0..40 {
+        client.publish(format!("{name}.x"), format!("m{i}").into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut got = data(&mut on_b, 40).await;
+    got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
+    assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+    on_b.expect_no_event(Duration::from_millis(300)).await;
+    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
+    assert_eq!(sa["received"].as_u64().unwrap() + sb["received"].as_u64().unwrap(), 40, "one node received each: {sa} {sb}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

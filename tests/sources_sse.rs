@@ -198,3 +198,25 @@ async fn two_cluster_nodes_following_one_upstream_publish_each_event_once() {
     b.shutdown().await;
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_malformed_upstream_event_is_rejected_and_the_next_arrives() {
+    // The upstream's data are Herald events naming their channel; one is not.
+    let (url, _) = plain_upstream(|n| match n {
+        0 => stream(concat!(
+            "id: 1\ndata: {\"channel\": \"orders\", \"data\": \"first\"}\n\n",
+            "id: 2\ndata: not an event\n\n",
+            "id: 3\ndata: {\"channel\": \"orders\", \"data\": \"second\", \"event\": \"paid\"}\n\n",
+        )),
+        _ => stream(": idle\n\n"),
+    })
+    .await;
+    let config = source(&format!("name = \"herald-format\"\ntype = \"sse\"\nurl = \"{url}\"\n[map]\nformat = \"herald\""));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    let mut sse = Sse::open_with(&server.url("/sse/orders"), &[("last-event-id", "0")]).await;
+    let got = events(&mut sse, 2).await;
+    assert_eq!(got.iter().map(|(_, t, d)| (t.as_str(), d.as_str())).collect::<Vec<_>>(), [("message", "first"), ("paid", "second")]);
+    let stats = source_stats(&server.url("")).await;
+    assert_eq!((stats["accepted"].as_u64(), stats["rejected"].as_u64()), (Some(2), Some(1)), "{stats}");
+    server.shutdown().await;
+}
