@@ -362,3 +362,50 @@ async fn a_tls_broker_is_used_with_its_ca_and_a_client_certificate_and_refused_w
     good.shutdown().await;
     bad.shutdown().await;
 }
+
+/// The Go RabbitMQ server's set-up: messages name their user in a field, and reach only that
+/// user's streams (here authenticated with a JWT), on no channel of their own.
+#[tokio::test]
+async fn messages_routed_to_users_by_a_field_reach_only_those_users_streams() {
+    let _turn = TURNS.lock().await;
+    let name = unique("herald-test-", "users", '-');
+    let secret = "users-from-a-source-secret";
+    let config = source(&format!(
+        "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\n\
+         [map]\nusers_field = \"/userid\"\nevent_field = \"/type\"\ndata_field = \"/payload\""
+    ));
+    let server = TestServer::with(|c| {
+        c.sources = vec![config.clone()];
+        c.access.subscribe.jwt = true;
+        c.access.jwt.secret = secret.into();
+    })
+    .await;
+    connected(&server.url("")).await;
+    let bearer = |user: &str| {
+        let claims = serde_json::json!({"sub": user, "exp": herald::hub::unix_now() + 600});
+        let token =
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap();
+        format!("Bearer {token}")
+    };
+    let mut grace = Sse::open_with(&server.url("/sse"), &[("authorization", &bearer("grace"))]).await;
+    let mut heidi = Sse::open_with(&server.url("/sse"), &[("authorization", &bearer("heidi"))]).await;
+    assert_eq!((grace.status.as_u16(), heidi.status.as_u16()), (200, 200));
+    eventually(async || server.stats().await["totals"]["subscriptions"].as_u64() == Some(2)).await;
+    let x = format!("{name}-x");
+    publish(&x, "", r#"{"userid": "grace", "type": "notification", "payload": {"n": 1}}"#, Some("u1")).await;
+    publish(&x, "", r#"{"userid": "heidi", "type": "notification", "payload": {"n": 2}}"#, Some("u2")).await;
+    publish(&x, "", r#"{"userid": ["grace", "heidi"], "type": "broadcast", "payload": "both"}"#, Some("u3")).await;
+    let types_and_data = |got: Vec<(String, String, String)>| got.into_iter().map(|(_, t, d)| (t, d)).collect::<Vec<_>>();
+    assert_eq!(
+        types_and_data(events(&mut grace, 2).await),
+        [("notification".into(), r#"{"n":1}"#.into()), ("broadcast".into(), "both".into())]
+    );
+    assert_eq!(
+        types_and_data(events(&mut heidi, 2).await),
+        [("notification".into(), r#"{"n":2}"#.into()), ("broadcast".into(), "both".into())]
+    );
+    grace.expect_no_event(Duration::from_millis(300)).await;
+    heidi.expect_no_event(Duration::from_millis(300)).await;
+    server.shutdown().await;
+    cleanup(&[&herald::sources::queue_name(&config)], &[&x]).await;
+}
