@@ -384,7 +384,8 @@ async fn messages_routed_to_users_by_a_field_reach_only_those_users_streams() {
     let bearer = |user: &str| {
         let claims = serde_json::json!({"sub": user, "exp": herald::hub::unix_now() + 600});
         let token =
-            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap();
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+                .unwrap();
         format!("Bearer {token}")
     };
     let mut grace = Sse::open_with(&server.url("/sse"), &[("authorization", &bearer("grace"))]).await;
