@@ -4,7 +4,7 @@
 //! exactly once across `rabbitmqctl close_all_connections`; no duplicate after Herald dies
 //! between accepting a message and acknowledging it; held messages while the store is down;
 //! two cluster nodes sharing the queue publish each message once; TLS (`amqps://`) with a client
-//! certificate to a private RabbitMQ that asks for one.
+//! certificate to a private RabbitMQ that asks for one, and with `insecure`.
 //!
 //! The tests of this file take turns (`close_all_connections` cuts every connection).
 
@@ -16,7 +16,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::Duration;
-use support::sources::{connected, events, source, source_stats, unique};
+use support::sources::{
+    accepted_by, assert_each_once, client_cert_keys, cluster_pair, connected, data, events, source, source_stats, stays_refused,
+    trusted_and_refused, unique,
+};
 use support::{Sse, TestServer, eventually};
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -227,18 +230,7 @@ async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"amqp\"\nurl = \"{RABBIT}\"\nexchange = \"{name}-x\"\nexchange_type = \"fanout\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
     ));
-    let stream = format!("herald-test:{name}");
-    let make = || {
-        let (config, stream) = (config.clone(), stream.clone());
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = "redis://127.0.0.1:6379".into();
-            c.cluster.stream = stream;
-        })
-    };
-    let (a, b) = (make().await, make().await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config.clone(), config.clone()).await;
     let mut on_a = Sse::open(&a.url("/sse/c")).await;
     let mut on_b = Sse::open(&b.url("/sse/c")).await;
     support::subscribers(&a, "c", 1).await;
@@ -247,15 +239,12 @@ async fn two_cluster_nodes_sharing_the_queue_publish_each_message_once() {
         publish(&format!("{name}-x"), "", &format!("m{i}"), Some(&format!("{i}"))).await;
     }
     for sub in [&mut on_a, &mut on_b] {
-        let got: Vec<String> = events(sub, 40).await.into_iter().map(|(_, _, d)| d).collect();
-        let mut sorted = got.clone();
-        sorted.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
-        assert_eq!(sorted, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+        assert_each_once(data(sub, 40).await, 40);
         sub.expect_no_event(Duration::from_millis(300)).await;
     }
-    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
-    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
-    assert!(sa["accepted"].as_u64().unwrap() > 0 && sb["accepted"].as_u64().unwrap() > 0, "both nodes took messages: {sa} {sb}");
+    let (na, nb) = accepted_by(&a, &b).await;
+    assert_eq!(na + nb, 40);
+    assert!(na > 0 && nb > 0, "both nodes took messages: {na} {nb}");
     a.shutdown().await;
     b.shutdown().await;
     cleanup(&[&herald::sources::queue_name(&config)], &[&format!("{name}-x")]).await;
@@ -328,11 +317,7 @@ async fn a_tls_broker_is_used_with_its_ca_and_a_client_certificate_and_refused_w
     let path = |f: &str| certs.path().join(f).display().to_string();
     let rabbit = TlsRabbit::start(certs.path());
     let config = |name: &str, client_cert: bool| {
-        let cert = if client_cert {
-            format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", path("server.pem"), path("server.key"))
-        } else {
-            String::new()
-        };
+        let cert = client_cert_keys(certs.path(), client_cert);
         source(&format!(
             "name = \"{name}\"\ntype = \"amqp\"\nurl = \"amqps://guest:guest@127.0.0.1:{}/%2f\"\nexchange = \"amq.fanout\"\n\
              [tls]\nca_file = \"{}\"\n{cert}[map]\nchannels = [\"t\"]",
@@ -340,11 +325,7 @@ async fn a_tls_broker_is_used_with_its_ca_and_a_client_certificate_and_refused_w
             path("ca.pem")
         ))
     };
-    let good = TestServer::with(|c| c.sources = vec![config("good", true)]).await;
-    let bad = TestServer::with(|c| c.sources = vec![config("bad", false)]).await;
-    connected(&good.url("")).await;
-    let mut sub = Sse::open(&good.url("/sse/t")).await;
-    support::subscribers(&good, "t", 1).await;
+    let (good, bad, mut sub) = trusted_and_refused(config("good", true), config("bad", false), "t").await;
     // The test publishes on the node's plain listener.
     let plain = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit.plain);
     let conn = Connection::connect(&plain, ConnectionProperties::default()).await.unwrap();
@@ -357,10 +338,18 @@ async fn a_tls_broker_is_used_with_its_ca_and_a_client_certificate_and_refused_w
     confirm.await.unwrap();
     assert_eq!(events(&mut sub, 1).await[0].2, "over tls");
     // Without a client certificate the broker refuses the handshake.
-    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
-    assert_eq!(source_stats(&bad.url("")).await["connected"], false);
+    stays_refused(&bad).await;
+    // `insecure` takes the broker's certificate without the CA.
+    let loose = source(&format!(
+        "name = \"loose\"\ntype = \"amqp\"\nurl = \"amqps://guest:guest@127.0.0.1:{}/%2f\"\n[tls]\ninsecure = true\n{}",
+        rabbit.tls,
+        client_cert_keys(certs.path(), true)
+    ));
+    let loose = TestServer::with(|c| c.sources = vec![loose]).await;
+    connected(&loose.url("")).await;
     good.shutdown().await;
     bad.shutdown().await;
+    loose.shutdown().await;
 }
 
 /// The Go RabbitMQ server's set-up: messages name their user in a field, and reach only that

@@ -12,8 +12,11 @@ use herald::sse::Item;
 use std::time::Duration;
 use support::mqtt::{PORT, PrivateMosquitto, publish, publish_with};
 use support::process::Served;
-use support::sources::{connected, data, source, source_stats, unique};
-use support::{Sse, TestServer, WAIT, eventually, http};
+use support::sources::{
+    accepted_by, assert_each_once, cluster_pair, connected, data, recovered, reported_down, source, source_stats, stays_refused,
+    trusted_and_refused, unique,
+};
+use support::{Sse, TestServer, WAIT, eventually};
 
 /// Ends the persistent session a test made on the shared broker (a clean-session connection
 /// with its client id does), so that runs leave nothing queued behind.
@@ -88,9 +91,7 @@ async fn every_message_arrives_once_across_a_broker_restart() {
     assert_eq!(data(&mut sub, 20).await, batch(0..20));
     broker.stop();
     // Down, and required: not ready, until it is back.
-    eventually(async || http().get(hub.url("/healthz")).send().await.unwrap().status() == 503).await;
-    let health: serde_json::Value = http().get(hub.url("/healthz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["sources_down"][0]["name"], name.as_str(), "{health}");
+    reported_down(&hub.url(""), &name).await;
     broker.resume();
     // Published as soon as the broker is back, most likely before Herald has reconnected: kept
     // in Herald's session.
@@ -100,10 +101,7 @@ async fn every_message_arrives_once_across_a_broker_restart() {
     send(&batch(40..50));
     assert_eq!(data(&mut sub, 10).await, batch(40..50));
     sub.expect_no_event(Duration::from_millis(500)).await;
-    assert_eq!(http().get(hub.url("/healthz")).send().await.unwrap().status(), 200);
-    let stats = source_stats(&hub.url("")).await;
-    assert_eq!(stats["accepted"], 50, "{stats}");
-    assert!(stats["last_error"].is_string(), "the outage was seen: {stats}");
+    recovered(&hub.url(""), 50).await;
     hub.shutdown().await;
 }
 
@@ -146,22 +144,13 @@ async fn a_message_accepted_but_not_acknowledged_before_kill_9_is_not_published_
 #[tokio::test]
 async fn two_cluster_nodes_in_one_shared_subscription_publish_each_message_once() {
     let name = unique("herald-test-", "pair", '-');
-    let stream = format!("herald-test:{name}");
-    let make = |node: &str| {
-        let config = source(&format!(
+    let config = |node: &str| {
+        source(&format!(
             "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\ntopics = [\"{name}/#\"]\n\
              share_group = \"herald\"\nclient_id = \"herald-{name}-{node}\"\n[map]\nchannels = [\"c\"]"
-        ));
-        let stream = stream.clone();
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = "redis://127.0.0.1:6379".into();
-            c.cluster.stream = stream;
-        })
+        ))
     };
-    let (a, b) = (make("a").await, make("b").await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config("a"), config("b")).await;
     let mut on_a = Sse::open(&a.url("/sse/c")).await;
     let mut on_b = Sse::open(&b.url("/sse/c")).await;
     support::subscribers(&a, "c", 1).await;
@@ -169,14 +158,12 @@ async fn two_cluster_nodes_in_one_shared_subscription_publish_each_message_once(
     let sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
     publish(PORT, "mqttv5", &format!("{name}/x"), &sent.iter().map(String::as_str).collect::<Vec<_>>());
     for sub in [&mut on_a, &mut on_b] {
-        let mut got = data(sub, 40).await;
-        got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
-        assert_eq!(got, sent, "each once");
+        assert_each_once(data(sub, 40).await, 40);
         sub.expect_no_event(Duration::from_millis(300)).await;
     }
-    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
-    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
-    assert!(sa["accepted"].as_u64().unwrap() > 0 && sb["accepted"].as_u64().unwrap() > 0, "both nodes took messages: {sa} {sb}");
+    let (na, nb) = accepted_by(&a, &b).await;
+    assert_eq!(na + nb, 40);
+    assert!(na > 0 && nb > 0, "both nodes took messages: {na} {nb}");
     a.shutdown().await;
     b.shutdown().await;
     forget_session(&format!("herald-{name}-a"));
@@ -207,18 +194,12 @@ async fn a_tls_broker_is_used_with_its_ca_and_credentials_and_refused_without_th
             path(ca)
         ))
     };
-    let good = TestServer::with(|c| c.sources = vec![config("good", "ca.pem")]).await;
-    let bad = TestServer::with(|c| c.sources = vec![config("bad", "other.pem")]).await;
-    connected(&good.url("")).await;
-    let mut sub = Sse::open(&good.url("/sse/t")).await;
-    support::subscribers(&good, "t", 1).await;
+    let (good, bad, mut sub) = trusted_and_refused(config("good", "ca.pem"), config("bad", "other.pem"), "t").await;
     let tls_args = ["--cafile", &path("ca.pem"), "-u", "herald", "-P", "p@ss:word"];
     publish_with(broker.port, "mqttv5", "t/x", &["over tls"], &tls_args);
     assert_eq!(data(&mut sub, 1).await, ["over tls"]);
     // A broker whose certificate does not chain to the configured CA is never trusted.
-    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
-    let stats = source_stats(&bad.url("")).await;
-    assert_eq!(stats["connected"], false, "{stats}");
+    stays_refused(&bad).await;
     good.shutdown().await;
     bad.shutdown().await;
 }

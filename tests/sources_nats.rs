@@ -10,8 +10,11 @@ mod support;
 use herald::sse::Item;
 use std::time::Duration;
 use support::nats::PrivateNats;
-use support::sources::{connected, data, source, source_stats, unique};
-use support::{Sse, TestServer, WAIT, eventually, http};
+use support::sources::{
+    assert_each_once, cluster_pair, connected, data, recovered, reported_down, source, source_stats, stays_refused, trusted_and_refused,
+    unique,
+};
+use support::{Sse, TestServer, WAIT, eventually};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -103,9 +106,7 @@ async fn jetstream_delivers_every_message_once_across_a_server_restart() {
     assert_eq!(data(&mut sub, 20).await, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
     server.stop();
     // Down, and required: not ready, until it is back.
-    eventually(async || http().get(hub.url("/healthz")).send().await.unwrap().status() == 503).await;
-    let health: serde_json::Value = http().get(hub.url("/healthz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(health["sources_down"][0]["name"], name.as_str(), "{health}");
+    reported_down(&hub.url(""), &name).await;
     server.resume();
     let client = nats(&server.url()).await;
     let js = async_nats::jetstream::new(client);
@@ -114,11 +115,7 @@ async fn jetstream_delivers_every_message_once_across_a_server_restart() {
     }
     assert_eq!(data(&mut sub, 20).await, (20..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once, in order");
     sub.expect_no_event(Duration::from_millis(500)).await;
-    connected(&hub.url("")).await;
-    assert_eq!(http().get(hub.url("/healthz")).send().await.unwrap().status(), 200);
-    let stats = source_stats(&hub.url("")).await;
-    assert_eq!(stats["accepted"], 40, "{stats}");
-    assert!(stats["last_error"].is_string(), "the outage was seen: {stats}");
+    recovered(&hub.url(""), 40).await;
     hub.shutdown().await;
 }
 
@@ -174,11 +171,7 @@ async fn a_tls_broker_is_used_with_its_ca_and_refused_without_it() {
     let config = |name: &str, ca: &str| {
         source(&format!("name = \"{name}\"\ntype = \"nats\"\nurl = \"{url}\"\nsubjects = [\"t.>\"]\n[tls]\nca_file = \"{}\"", path(ca)))
     };
-    let good = TestServer::with(|c| c.sources = vec![config("good", "ca.pem")]).await;
-    let bad = TestServer::with(|c| c.sources = vec![config("bad", "other.pem")]).await;
-    connected(&good.url("")).await;
-    let mut sub = Sse::open(&good.url("/sse/t.x")).await;
-    support::subscribers(&good, "t.x", 1).await;
+    let (good, bad, mut sub) = trusted_and_refused(config("good", "ca.pem"), config("bad", "other.pem"), "t.x").await;
     let tls = herald::tls::ClientTls { ca_file: Some(path("ca.pem").into()), ..Default::default() };
     let client = async_nats::ConnectOptions::new()
         .tls_client_config(tls.client_config("test", &herald::tls::KeyNames::PLAIN).unwrap())
@@ -190,9 +183,7 @@ async fn a_tls_broker_is_used_with_its_ca_and_refused_without_it() {
     client.flush().await.unwrap();
     assert_eq!(data(&mut sub, 1).await, ["over tls"]);
     // A server whose certificate does not chain to the configured CA is never trusted.
-    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
-    let stats = source_stats(&bad.url("")).await;
-    assert_eq!(stats["connected"], false, "{stats}");
+    stays_refused(&bad).await;
     good.shutdown().await;
     bad.shutdown().await;
 }
@@ -206,26 +197,13 @@ async fn two_cluster_nodes_sharing_the_durable_consumer_publish_each_message_onc
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"jetstream\"\nurl = \"{NATS}\"\nstream = \"{name}\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
     ));
-    let bus_stream = format!("herald-test:{name}");
-    let make = || {
-        let (config, bus_stream) = (config.clone(), bus_stream.clone());
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = "redis://127.0.0.1:6379".into();
-            c.cluster.stream = bus_stream;
-        })
-    };
-    let (a, b) = (make().await, make().await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config.clone(), config.clone()).await;
     let mut on_a = Sse::open(&a.url("/sse/c")).await;
     support::subscribers(&a, "c", 1).await;
     for i in 0..40 {
         js_publish(&js, &format!("{name}.x"), &format!("m{i}")).await;
     }
-    let mut got = data(&mut on_a, 40).await;
-    got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
-    assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+    assert_each_once(data(&mut on_a, 40).await, 40);
     on_a.expect_no_event(Duration::from_millis(300)).await;
     // One consumer for both: no message was taken by both nodes.
     let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
@@ -243,27 +221,14 @@ async fn two_cluster_nodes_in_one_queue_group_publish_each_core_message_once() {
     let config = source(&format!(
         "name = \"{name}\"\ntype = \"nats\"\nurl = \"{NATS}\"\nsubjects = [\"{name}.>\"]\nqueue_group = \"herald\"\n[map]\nchannels = [\"c\"]"
     ));
-    let bus_stream = format!("herald-test:{name}");
-    let make = || {
-        let (config, bus_stream) = (config.clone(), bus_stream.clone());
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = "redis://127.0.0.1:6379".into();
-            c.cluster.stream = bus_stream;
-        })
-    };
-    let (a, b) = (make().await, make().await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config.clone(), config.clone()).await;
     let mut on_b = Sse::open(&b.url("/sse/c")).await;
     support::subscribers(&b, "c", 1).await;
     for i in 0..40 {
         client.publish(format!("{name}.x"), format!("m{i}").into()).await.unwrap();
     }
     client.flush().await.unwrap();
-    let mut got = data(&mut on_b, 40).await;
-    got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
-    assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+    assert_each_once(data(&mut on_b, 40).await, 40);
     on_b.expect_no_event(Duration::from_millis(300)).await;
     let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
     assert_eq!(sa["received"].as_u64().unwrap() + sb["received"].as_u64().unwrap(), 40, "one node received each: {sa} {sb}");

@@ -10,8 +10,11 @@ mod support;
 
 use redis::AsyncCommands;
 use std::time::Duration;
-use support::sources::{connected, data, source, source_stats, unique};
-use support::{Sse, TestServer, eventually};
+use support::sources::{
+    accepted_by, assert_each_once, client_cert_keys, cluster_pair, connected, data, source, source_stats, stays_refused,
+    trusted_and_refused, unique,
+};
+use support::{Sse, TestServer};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -130,20 +133,12 @@ async fn entries_a_dead_consumer_left_pending_are_taken_over() {
 async fn two_cluster_nodes_in_one_group_publish_each_entry_once() {
     let name = unique("herald-test-src-", "pair", '-');
     let mut conn = redis().await;
-    let make = |consumer: &'static str| {
-        let config = source(&format!(
+    let config = |consumer: &str| {
+        source(&format!(
             "name = \"{name}\"\ntype = \"redis_stream\"\nurl = \"{REDIS}\"\nstreams = [\"{name}\"]\nconsumer = \"{consumer}\"\nprefetch = 1\n[map]\nchannels = [\"c\"]"
-        ));
-        let stream = format!("herald-test:{name}");
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = REDIS.into();
-            c.cluster.stream = stream;
-        })
+        ))
     };
-    let (a, b) = (make("a").await, make("b").await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config("a"), config("b")).await;
     let mut on_a = Sse::open(&a.url("/sse/c")).await;
     let mut on_b = Sse::open(&b.url("/sse/c")).await;
     support::subscribers(&a, "c", 1).await;
@@ -152,16 +147,14 @@ async fn two_cluster_nodes_in_one_group_publish_each_entry_once() {
         add(&mut conn, &name, &[("data", format!("m{i}").as_bytes())]).await;
     }
     for sub in [&mut on_a, &mut on_b] {
-        let mut got = data(sub, 40).await;
-        got.sort_by_key(|d| d[1..].parse::<u32>().unwrap());
-        assert_eq!(got, (0..40).map(|i| format!("m{i}")).collect::<Vec<_>>(), "each once");
+        assert_each_once(data(sub, 40).await, 40);
         sub.expect_no_event(Duration::from_millis(300)).await;
     }
-    let (sa, sb) = (source_stats(&a.url("")).await, source_stats(&b.url("")).await);
-    assert_eq!(sa["accepted"].as_u64().unwrap() + sb["accepted"].as_u64().unwrap(), 40, "{sa} {sb}");
+    let (na, nb) = accepted_by(&a, &b).await;
+    assert_eq!(na + nb, 40);
     a.shutdown().await;
     b.shutdown().await;
-    let _: () = conn.del(&[&name, &format!("herald-test:{name}")]).await.unwrap();
+    let _: () = conn.del(&[&name]).await.unwrap();
 }
 
 #[tokio::test]
@@ -215,21 +208,13 @@ async fn a_tls_redis_is_used_with_its_ca_and_a_client_certificate_and_refused_wi
         std::thread::sleep(Duration::from_millis(20));
     }
     let config = |name: &str, client_cert: bool| {
-        let cert = if client_cert {
-            format!("cert_file = \"{}\"\nkey_file = \"{}\"\n", path("server.pem"), path("server.key"))
-        } else {
-            String::new()
-        };
+        let cert = client_cert_keys(certs.path(), client_cert);
         source(&format!(
             "name = \"{name}\"\ntype = \"redis\"\nurl = \"rediss://127.0.0.1:{port}\"\nsubjects = [\"news\"]\n[tls]\nca_file = \"{}\"\n{cert}",
             path("ca.pem")
         ))
     };
-    let good = TestServer::with(|c| c.sources = vec![config("good", true)]).await;
-    let bad = TestServer::with(|c| c.sources = vec![config("bad", false)]).await;
-    connected(&good.url("")).await;
-    let mut sub = Sse::open(&good.url("/sse/news")).await;
-    support::subscribers(&good, "news", 1).await;
+    let (good, bad, mut sub) = trusted_and_refused(config("good", true), config("bad", false), "news").await;
     // Published with Redis's own command-line client, over TLS too.
     let out = std::process::Command::new("redis-cli")
         .args(["--tls", "--cacert", &path("ca.pem"), "--cert", &path("server.pem"), "--key", &path("server.key")])
@@ -239,8 +224,7 @@ async fn a_tls_redis_is_used_with_its_ca_and_a_client_certificate_and_refused_wi
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "one subscriber, Herald: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(data(&mut sub, 1).await, ["over tls"]);
     // Without a client certificate the server refuses the handshake.
-    eventually(async || source_stats(&bad.url("")).await["last_error"].is_string()).await;
-    assert_eq!(source_stats(&bad.url("")).await["connected"], false);
+    stays_refused(&bad).await;
     good.shutdown().await;
     bad.shutdown().await;
 }

@@ -9,7 +9,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::process::{Served, herald};
-use support::sources::{connected, data, events, source, source_stats};
+use support::sources::{cluster_pair, connected, data, events, source, source_stats};
 use support::{Sse, TestServer, WAIT, eventually, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -170,18 +170,7 @@ async fn two_cluster_nodes_following_one_upstream_publish_each_event_once() {
     let upstream = TestServer::with(|_| {}).await;
     let config =
         source(&format!("name = \"mirror\"\ntype = \"sse\"\nurl = \"{}\"\n[map]\nchannels = [\"copy\"]", upstream.url("/sse/news")));
-    let stream = format!("herald-test:sse-pair:{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    let make = || {
-        let (config, stream) = (config.clone(), stream.clone());
-        TestServer::with(move |c| {
-            c.sources = vec![config];
-            c.cluster.bus = "redis://127.0.0.1:6379".into();
-            c.cluster.stream = stream;
-        })
-    };
-    let (a, b) = (make().await, make().await);
-    connected(&a.url("")).await;
-    connected(&b.url("")).await;
+    let (a, b) = cluster_pair(config.clone(), config.clone()).await;
     support::subscribers(&upstream, "news", 2).await;
     let mut on_b = Sse::open(&b.url("/sse/copy")).await;
     support::subscribers(&b, "copy", 1).await;

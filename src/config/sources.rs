@@ -310,8 +310,8 @@ impl SourceConfig {
         {
             return bad("tls", "TLS to Redis is asked for with a rediss:// url".into());
         }
-        if self.kind == SourceKind::Amqp && self.tls.insecure {
-            return bad("tls.insecure", "is not available for amqp sources: give the broker's CA with tls.ca_file".into());
+        if self.kind == SourceKind::Amqp && !self.tls.is_default() && !self.url.starts_with("amqps://") {
+            return bad("tls", "TLS to RabbitMQ is asked for with an amqps:// url".into());
         }
         if self.prefetch == Some(0) {
             return bad("prefetch", "must be at least 1".into());

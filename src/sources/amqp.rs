@@ -16,9 +16,10 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 
 /// An AMQP error, saying what was being done.
@@ -27,28 +28,45 @@ fn fail(what: &str) -> impl Fn(lapin::Error) -> String + '_ {
 }
 
 const DEFAULT_PREFETCH: u16 = 100;
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// TLS files read once, at start-up (an unreadable file stops start-up, naming its key).
-pub fn tls_of(config: &SourceConfig) -> anyhow::Result<OwnedTLSConfig> {
-    let read = |path: &std::path::Path, key: &str| {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("sources.{}.tls.{key}: {}: {e}", config.name, path.display()))
-    };
-    let cert_chain = match &config.tls.ca_file {
-        Some(p) => {
-            Some(String::from_utf8(read(p, "ca_file")?).map_err(|_| anyhow::anyhow!("sources.{}.tls.ca_file: not PEM text", config.name))?)
-        }
-        None => None,
-    };
-    let identity = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 { pem: read(cert, "cert_file")?, key: read(key, "key_file")? }),
-        _ => None,
-    };
-    Ok(OwnedTLSConfig { identity, cert_chain })
+/// The source's TLS, built once at start-up from `[sources.tls]` as every source's is (the CA,
+/// a client certificate and key, `insecure`); none for `amqp://`. An unreadable file stops
+/// start-up, naming its key.
+pub fn tls_of(config: &SourceConfig) -> anyhow::Result<Option<Arc<RustlsConnector>>> {
+    if !config.url.starts_with("amqps://") {
+        return Ok(None);
+    }
+    let section = format!("sources.{}.tls", config.name);
+    let tls = config.tls.client_config(&section, &crate::tls::KeyNames::PLAIN)?;
+    Ok(Some(Arc::new(RustlsConnector::from(tls))))
 }
 
-pub async fn run(config: SourceConfig, intake: Arc<Intake>, tls: OwnedTLSConfig) {
+pub async fn run(config: SourceConfig, intake: Arc<Intake>, tls: Option<Arc<RustlsConnector>>) {
     let (config, intake, tls) = (&config, &*intake, &tls);
-    supervise(intake, move || session(config, intake, tls)).await;
+    supervise(intake, move || session(config, intake, tls.clone())).await;
+}
+
+/// Connects over TCP, and for `amqps://` over TLS with the source's own rustls configuration
+/// (lapin's `connector` is its way in for a transport made by its caller).
+async fn connect(config: &SourceConfig, tls: Option<Arc<RustlsConnector>>) -> Result<Connection, String> {
+    let uri: AMQPUri = config.url.parse().map_err(|e| format!("url: {e}"))?;
+    let runtime = lapin::runtime::default_runtime().map_err(fail("runtime"))?;
+    let properties = ConnectionProperties::default().with_connection_name(format!("herald source {}", config.name).into());
+    let transport = async move |uri: AMQPUri, runtime| {
+        let host = uri.authority.host.clone();
+        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), uri.authority.port)).await?.collect();
+        let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+        Ok(match (&uri.scheme, &tls) {
+            (AMQPScheme::AMQPS, Some(tls)) => stream.into_rustls(tls, &host).await?,
+            _ => stream,
+        })
+    };
+    let connecting = Connection::connector(uri, runtime, transport, properties);
+    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| format!("connect: no answer within {CONNECT_TIMEOUT:?}"))?
+        .map_err(fail("connect"))
 }
 
 /// The queue's name.
@@ -57,14 +75,8 @@ pub fn queue_name(config: &SourceConfig) -> String {
 }
 
 /// One connection, closed when it is done with. `Ok` only when the hub shuts down.
-async fn session(config: &SourceConfig, intake: &Intake, tls: &OwnedTLSConfig) -> Result<(), String> {
-    let properties = ConnectionProperties::default().with_connection_name(format!("herald source {}", config.name).into());
-    let builder = DefaultConnectionBuilder::new()
-        .map_err(fail("runtime"))?
-        .with_uri_str(config.url.clone())
-        .with_properties(properties)
-        .with_tls_config(tls.clone());
-    let conn: Connection = builder.connect().await.map_err(fail("connect"))?;
+async fn session(config: &SourceConfig, intake: &Intake, tls: Option<Arc<RustlsConnector>>) -> Result<(), String> {
+    let conn = connect(config, tls).await?;
     let result = consume(config, intake, &conn).await;
     let _ = conn.close(200, "herald: done".into()).await;
     result
