@@ -293,11 +293,8 @@ impl TlsRabbit {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("rabbitmq-server is installed (Debian package rabbitmq-server): the AMQP TLS test runs a node of its own");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() || std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private RabbitMQ node did not start within 60s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::wait_for_port(tls, 60, "the private RabbitMQ node's TLS listener");
+        support::wait_for_port(plain, 10, "the private RabbitMQ node's plain listener");
         TlsRabbit { child, plain, tls, _dir: dir }
     }
 }

@@ -202,11 +202,7 @@ async fn a_tls_redis_is_used_with_its_ca_and_a_client_certificate_and_refused_wi
         .spawn()
         .expect("redis-server is installed (Debian package redis-server)");
     let _server = TlsRedis(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the private redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_for_port(port, 10, "the private redis-server");
     let config = |name: &str, client_cert: bool| {
         let cert = client_cert_keys(certs.path(), client_cert);
         source(&format!(

@@ -230,3 +230,13 @@ pub async fn eventually(mut f: impl AsyncFnMut() -> bool) {
 pub async fn subscribers(server: &TestServer, channel: &str, n: u64) {
     eventually(async || server.stats().await["channels"][channel]["subscribers"].as_u64() == Some(n)).await;
 }
+
+/// Waits until something listens on 127.0.0.1:`port` (a broker a test started), for at most
+/// `seconds`; fails naming `what`.
+pub fn wait_for_port(port: u16, seconds: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start within {seconds}s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

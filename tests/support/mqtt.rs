@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// The local Mosquitto the tests share.
 pub const PORT: u16 = 1883;
@@ -73,11 +72,7 @@ impl PrivateMosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is not installed (Debian package mosquitto): the MQTT outage test runs one of its own");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_for_port(port, 10, "the private mosquitto");
         child
     }
 

@@ -38,11 +38,7 @@ impl PrivateNats {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "the private nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_for_port(port, 10, "the private nats-server");
         child
     }
 
