@@ -203,3 +203,23 @@ async fn a_tls_broker_is_used_with_its_ca_and_credentials_and_refused_without_th
     good.shutdown().await;
     bad.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_larger_than_the_client_librarys_default_limit_arrives() {
+    // 100 KB: past the MQTT client's own 10 KiB default, within limits.max_event_size.
+    let big = "x".repeat(100_000);
+    for (protocol, publisher) in [("3.1.1", "mqttv311"), ("5", "mqttv5")] {
+        let name = unique("herald-test-", "big", '-');
+        let config = source(&format!(
+            "name = \"{name}\"\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{PORT}\"\nprotocol = \"{protocol}\"\ntopics = [\"{name}/#\"]\n[map]\nchannels = [\"c\"]"
+        ));
+        let server = TestServer::with(|c| c.sources = vec![config]).await;
+        connected(&server.url("")).await;
+        let mut sub = Sse::open(&server.url("/sse/c")).await;
+        support::subscribers(&server, "c", 1).await;
+        publish(PORT, publisher, &format!("{name}/x"), &[&big, "after"]);
+        assert_eq!(data(&mut sub, 2).await, [big.clone(), "after".into()], "MQTT {protocol}");
+        server.shutdown().await;
+        forget_session(&format!("herald-{name}"));
+    }
+}

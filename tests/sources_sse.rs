@@ -125,12 +125,15 @@ async fn the_source_sends_last_event_id_follows_retry_and_publishes_a_replayed_e
         _ => stream(": nothing new\n\n"),
     })
     .await;
+    // A credential in the query never shows in the errors /stats and /healthz carry.
     let config = source(&format!(
-        "name = \"plain\"\ntype = \"sse\"\nurl = \"{url}\"\nheaders = {{ authorization = \"Bearer s3cret\" }}\n[map]\nchannels = [\"copy\"]"
+        "name = \"plain\"\ntype = \"sse\"\nurl = \"{url}?access_token=tok-in-query\"\nheaders = {{ authorization = \"Bearer s3cret\" }}\n[map]\nchannels = [\"copy\"]"
     ));
     let server = TestServer::with(|c| c.sources = vec![config]).await;
     // The refusal is reported, then the next attempt goes through.
     eventually(async || source_stats(&server.url("")).await["last_error"].as_str().is_some_and(|e| e.contains("401"))).await;
+    let error = source_stats(&server.url("")).await["last_error"].to_string();
+    assert!(!error.contains("tok-in-query") && error.contains("/events"), "{error}");
     let mut sse = Sse::open_with(&server.url("/sse/copy"), &[("last-event-id", "0")]).await;
     let got = events(&mut sse, 4).await;
     let got: Vec<(&str, &str)> = got.iter().map(|(_, t, d)| (t.as_str(), d.as_str())).collect();
@@ -207,5 +210,20 @@ async fn a_malformed_upstream_event_is_rejected_and_the_next_arrives() {
     assert_eq!(got.iter().map(|(_, t, d)| (t.as_str(), d.as_str())).collect::<Vec<_>>(), [("message", "first"), ("paid", "second")]);
     let stats = source_stats(&server.url("")).await;
     assert_eq!((stats["accepted"].as_u64(), stats["rejected"].as_u64()), (Some(2), Some(1)), "{stats}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_ends_an_event_is_cut_off() {
+    // 1 MB of data lines and no blank line: the parser would buffer it all.
+    let (url, _) = plain_upstream(|_| {
+        stream(&"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n".repeat(10_000))
+    })
+    .await;
+    let config = source(&format!("name = \"endless\"\ntype = \"sse\"\nurl = \"{url}\"\n[map]\nchannels = [\"copy\"]"));
+    let server = TestServer::with(|c| c.sources = vec![config]).await;
+    eventually(async || source_stats(&server.url("")).await["last_error"].as_str().is_some_and(|e| e.contains("without ending an event")))
+        .await;
+    assert_eq!(source_stats(&server.url("")).await["accepted"], 0);
     server.shutdown().await;
 }

@@ -8,7 +8,7 @@ pub mod access;
 mod bytesize;
 mod load;
 pub mod pattern;
-mod redact;
+pub mod redact;
 pub mod sources;
 
 pub use access::{AccessConfig, ChannelAccessConfig};

@@ -386,9 +386,9 @@ impl SourceConfig {
                     }
                 }
                 if let Some(id) = &self.last_event_id
-                    && (id.is_empty() || id.contains(['\0', '\r', '\n']))
+                    && (id.is_empty() || id.contains('\0') || http::HeaderValue::from_str(id).is_err())
                 {
-                    return bad("last_event_id", "must be a non-empty id without NUL, CR or LF".into());
+                    return bad("last_event_id", "must be a non-empty id that can be sent as a header (no control characters)".into());
                 }
                 if self.idle_timeout.is_some_and(|t| t < Duration::from_secs(1)) {
                     return bad("idle_timeout", "must be at least 1s".into());
@@ -521,7 +521,9 @@ pub struct MqttAddress {
 
 /// `mqtt://[user[:password]@]host[:port]` (1883 by default) or `mqtts://…` (8883).
 pub fn mqtt_address(url: &str) -> Result<MqttAddress, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{}` is not a URL: {e}", super::redact::url(url)))?;
+    // What errors show: never the password.
+    let url = &super::redact::url(url);
     let tls = match parsed.scheme() {
         "mqtt" => false,
         "mqtts" => true,

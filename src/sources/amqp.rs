@@ -53,8 +53,14 @@ async fn connect(config: &SourceConfig, tls: Option<Arc<RustlsConnector>>) -> Re
     let uri: AMQPUri = config.url.parse().map_err(|e| format!("url: {e}"))?;
     let runtime = lapin::runtime::default_runtime().map_err(fail("runtime"))?;
     let properties = ConnectionProperties::default().with_connection_name(format!("herald source {}", config.name).into());
+    // lapin's parser takes only a domain name as the host (an IP address becomes `localhost`),
+    // so the host comes from the URL itself.
+    let host = url::Url::parse(&config.url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned()))
+        .filter(|h| !h.is_empty())
+        .ok_or("url: no host")?;
     let transport = async move |uri: AMQPUri, runtime| {
-        let host = uri.authority.host.clone();
         let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), uri.authority.port)).await?.collect();
         let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
         Ok(match (&uri.scheme, &tls) {

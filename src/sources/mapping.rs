@@ -27,6 +27,9 @@ pub struct Mapper {
     /// The templates were configured (not the default): events addressed to users go to those
     /// channels; with the default, to the users' every stream.
     templates_set: bool,
+    /// What splits a subject into `{1}`…`{9}`: `/` for MQTT topics; else `.` (or `/` for a
+    /// subject with `/` and no `.`).
+    levels: Option<char>,
 }
 
 impl Mapper {
@@ -36,6 +39,7 @@ impl Mapper {
             map: config.map.clone(),
             templates: config.channel_templates(),
             templates_set: !config.map.channels.is_empty(),
+            levels: (config.kind == crate::config::sources::SourceKind::Mqtt).then_some('/'),
         }
     }
 
@@ -122,7 +126,7 @@ impl Mapper {
         if to_users && !self.templates_set {
             return Ok(Vec::new());
         }
-        self.templates.iter().map(|t| render(t, msg.subject, &self.source)).collect()
+        self.templates.iter().map(|t| render_split(t, msg.subject, &self.source, self.levels)).collect()
     }
 }
 
@@ -142,7 +146,12 @@ fn looks_like_herald_event(text: &str) -> bool {
 /// Fills a template: `{subject}`, `{source}`, `{1}`…`{9}` (the subject's dot-separated parts;
 /// MQTT topics' `/`-separated ones), `{{` and `}}`.
 pub fn render(template: &str, subject: &str, source: &str) -> Result<String, String> {
-    let sep = if subject.contains('/') && !subject.contains('.') { '/' } else { '.' };
+    render_split(template, subject, source, None)
+}
+
+/// [`render`] with the subject's levels split at `levels` when given.
+pub fn render_split(template: &str, subject: &str, source: &str, levels: Option<char>) -> Result<String, String> {
+    let sep = levels.unwrap_or(if subject.contains('/') && !subject.contains('.') { '/' } else { '.' });
     let mut out = String::with_capacity(template.len() + subject.len());
     let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {
@@ -270,5 +279,6 @@ mod tests {
         assert!(pointer_raw(doc, "/missing").is_none());
         assert_eq!(render("{{{subject}}}-{source}", "a.b", "src").unwrap(), "{a.b}-src");
         assert_eq!(render("t/{2}", "home/kitchen/temp", "s").unwrap(), "t/kitchen");
+        assert_eq!(render_split("t/{2}", "plant/boiler.2/temp", "s", Some('/')).unwrap(), "t/boiler.2", "an MQTT topic's levels");
     }
 }

@@ -65,8 +65,15 @@ pub fn start(hub: &Arc<Hub>) -> anyhow::Result<Arc<Sources>> {
                 let streams = config.kind == SourceKind::RedisStream;
                 tokio::spawn(redis::run(config, intake, client, streams));
             }
-            SourceKind::Mqtt => drop(tokio::spawn(mqtt::run(intake, mqtt::settings(&config)?))),
-            SourceKind::Sse => drop(tokio::spawn(sse_upstream::run(intake, sse_upstream::settings(&config, &hub.config().history)?))),
+            SourceKind::Mqtt => {
+                if !hub.config().cluster.bus.is_empty() && config.client_id.is_none() {
+                    // Nodes with one client id would take each other's session in turn.
+                    anyhow::bail!("sources.{}.client_id: in a cluster, give each node's MQTT source its own client id", config.name);
+                }
+                let settings = mqtt::settings(&config, hub.config().limits.max_event_size.as_usize())?;
+                tokio::spawn(mqtt::run(intake, settings));
+            }
+            SourceKind::Sse => drop(tokio::spawn(sse_upstream::run(intake, sse_upstream::settings(&config, hub.config())?))),
         }
         sources.statuses.push(status);
     }

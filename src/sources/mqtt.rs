@@ -21,6 +21,7 @@ use super::intake::{Intake, MAX_BATCH, Redelivery, next_batch};
 use super::mapping::Message;
 use crate::config::sources::{MqttAddress, MqttProtocol, SourceConfig, mqtt_address};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const DEFAULT_PREFETCH: u16 = 100;
 const DEFAULT_KEEP_ALIVE_SECS: u16 = 30;
@@ -34,10 +35,12 @@ pub struct Settings {
     prefetch: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
     protocol: MqttProtocol,
+    /// The largest packet taken: an event's size limit, and room for a topic.
+    max_packet: usize,
 }
 
 /// The settings of an MQTT source; a TLS file that cannot be read stops start-up.
-pub fn settings(config: &SourceConfig) -> anyhow::Result<Settings> {
+pub fn settings(config: &SourceConfig, max_event_size: usize) -> anyhow::Result<Settings> {
     let address = mqtt_address(&config.url).map_err(|e| anyhow::anyhow!("sources.{}.url: {e}", config.name))?;
     let tls = if address.tls || !config.tls.is_default() {
         let section = format!("sources.{}.tls", config.name);
@@ -61,6 +64,7 @@ pub fn settings(config: &SourceConfig) -> anyhow::Result<Settings> {
         keep_alive_secs: config.keep_alive.map_or(DEFAULT_KEEP_ALIVE_SECS, |k| u16::try_from(k.as_secs()).unwrap_or(u16::MAX)),
         prefetch: config.prefetch.unwrap_or(DEFAULT_PREFETCH),
         protocol: config.protocol.unwrap_or_default(),
+        max_packet: max_event_size + 65_536,
         address,
         tls,
     })
@@ -72,6 +76,11 @@ pub async fn run(intake: Arc<Intake>, settings: Settings) {
         MqttProtocol::V5 => v5::run(intake, settings).await,
     }
 }
+
+/// Messages waiting for the intake, at most: QoS 1 ones are bounded by what the broker sends
+/// before Herald acknowledges; QoS 0 ones past this, while the hub cannot take them, are dropped
+/// (at most once is what their publisher asked for) and counted.
+const QUEUED: usize = 4 * MAX_BATCH;
 
 /// How a delivery is known again: QoS 0 messages (a publisher's choice the broker keeps) are
 /// never sent twice, nor acknowledged.
@@ -97,23 +106,34 @@ macro_rules! session {
                 }
                 $extra
                 let (client, mut eventloop) = AsyncClient::builder($options).unbounded().build();
-                // Bounded by what the broker sends before Herald acknowledges.
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let taker = tokio::spawn(take(intake.clone(), client.clone(), rx));
+                let (tx, rx) = tokio::sync::mpsc::channel(QUEUED);
+                // Counts connections: the client library forgets a message it received on an
+                // earlier one, and takes an acknowledgement of it as a protocol error (the
+                // broker sends it again instead, marked DUP), so only this connection's
+                // messages are acknowledged.
+                let connection = Arc::new(AtomicU64::new(0));
+                let taker = tokio::spawn(take(intake.clone(), client.clone(), rx, connection.clone()));
                 let mut backoff = Backoff::new();
                 // Subscriptions made on this connection and not yet answered: the source is
                 // up once the broker has them all, so nothing published after that is missed.
                 let mut unanswered = 0usize;
+                // A subscription the broker refused, kept across reconnects to a session that
+                // the broker resumes (it holds the subscriptions it granted, not this one).
+                let mut refused: Option<String> = None;
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                             backoff.reset();
                             tracing::debug!(source = %intake.name(), session_present = ack.session_present, concat!("connected over MQTT ", $version));
                             if ack.session_present {
-                                intake.status.up();
+                                match &refused {
+                                    Some(why) => intake.status.down(why.clone()),
+                                    None => intake.status.up(),
+                                }
                                 continue;
                             }
                             unanswered = 0;
+                            refused = None;
                             for filter in &$settings.filters {
                                 match client.subscribe(filter.as_str(), QoS::AtLeastOnce).await {
                                     Ok(()) => unanswered += 1,
@@ -122,25 +142,35 @@ macro_rules! session {
                             }
                         }
                         Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                            let refused: Vec<String> =
+                            let codes: Vec<String> =
                                 ack.return_codes.iter().filter(|c| !matches!(c, $krate::SubscribeReasonCode::Success(_))).map(|c| format!("{c:?}")).collect();
-                            if refused.is_empty() {
-                                unanswered = unanswered.saturating_sub(1);
-                                if unanswered == 0 {
+                            unanswered = unanswered.saturating_sub(1);
+                            if codes.is_empty() {
+                                if unanswered == 0 && refused.is_none() {
                                     intake.status.up();
                                 }
                             } else {
                                 // An ACL or a filter the broker does not take: no reconnect mends it.
-                                intake.status.down(format!("the broker refused a subscription ({}): check `topics` and the broker's ACL", refused.join(", ")));
+                                let why = format!("the broker refused a subscription ({}): check `topics` and the broker's ACL", codes.join(", "));
+                                intake.status.down(why.clone());
+                                refused = Some(why);
                             }
                         }
                         Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                            if tx.send(publish).is_err() {
+                            let this = connection.load(Ordering::Acquire);
+                            if publish.qos == QoS::AtMostOnce {
+                                match tx.try_send((this, publish)) {
+                                    Ok(()) => {}
+                                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => intake.status.dropped(),
+                                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                                }
+                            } else if tx.send((this, publish)).await.is_err() {
                                 return;
                             }
                         }
                         Ok(_) => {}
                         Err(e) => {
+                            connection.fetch_add(1, Ordering::AcqRel);
                             if intake.hub.is_closing() || taker.is_finished() {
                                 return;
                             }
@@ -154,19 +184,20 @@ macro_rules! session {
             /// Takes what arrived, in order, and acknowledges each message once the intake has
             /// answered for it (MQTT has no way to refuse one: a malformed message is
             /// acknowledged and counted as rejected, never redelivered).
-            async fn take(intake: Arc<Intake>, client: AsyncClient, mut rx: tokio::sync::mpsc::UnboundedReceiver<Publish>) {
+            async fn take(intake: Arc<Intake>, client: AsyncClient, mut rx: tokio::sync::mpsc::Receiver<(u64, Publish)>, connection: Arc<AtomicU64>) {
                 let mut arrived = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
                 while let Some(batch) = next_batch(&mut arrived, MAX_BATCH).await {
-                    let topics: Vec<std::borrow::Cow<str>> = batch.iter().map(|p| String::from_utf8_lossy(&p.topic)).collect();
+                    let topics: Vec<std::borrow::Cow<str>> = batch.iter().map(|(_, p)| String::from_utf8_lossy(&p.topic)).collect();
                     let msgs: Vec<(Message, Redelivery)> = batch
                         .iter()
                         .zip(&topics)
-                        .map(|(p, topic)| (Message { subject: topic, payload: &p.payload, event: None }, redelivery(p.qos != QoS::AtMostOnce, p.pkid, p.dup)))
+                        .map(|((_, p), topic)| (Message { subject: topic, payload: &p.payload, event: None }, redelivery(p.qos != QoS::AtMostOnce, p.pkid, p.dup)))
                         .collect();
                     if intake.take(&msgs).await.is_none() {
                         return;
                     }
-                    for publish in &batch {
+                    let current = connection.load(Ordering::Acquire);
+                    for (_, publish) in batch.iter().filter(|(on, _)| *on == current) {
                         if let Err(e) = client.ack(publish).await {
                             tracing::warn!(source = %intake.name(), error = %e, "acknowledgement not sent; the broker sends the message again");
                         }
@@ -177,11 +208,17 @@ macro_rules! session {
     };
 }
 
-session!(v311, mqtt4, "3.1.1", |options, settings| {});
+session!(v311, mqtt4, "3.1.1", |options, settings| {
+    // A larger message would end the connection at every delivery: 3.1.1 cannot tell the
+    // broker the limit (Mosquitto's `message_size_limit` can).
+    options.set_max_packet_size(settings.max_packet, settings.max_packet);
+});
 session!(v5, mqtt5, "5", |options, settings| {
     // At most `prefetch` messages unacknowledged, and a session the broker resumes is taken
     // up even though this process has no record of it (after a restart, that is the point).
     options
         .set_receive_maximum(Some(settings.prefetch))
         .set_broker_session_resume_policy(mqtt5::BrokerSessionResumePolicy::AllowBrokerOnly);
+    // Told to the broker, which then drops a larger message instead of sending it.
+    options.set_max_packet_size(Some(u32::try_from(settings.max_packet).unwrap_or(u32::MAX)));
 });

@@ -24,11 +24,20 @@ use std::time::Duration;
 /// `EventSource`'s reconnection time until the upstream sets one.
 const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A `retry:` is followed, within reason: a hostile upstream cannot stall the source for days.
+/// A `retry:` is followed, within reason: a hostile upstream can neither stall the source for
+/// days nor make it reconnect in a tight loop.
 const MAX_RETRY: Duration = Duration::from_secs(300);
+const MIN_RETRY: Duration = Duration::from_millis(100);
+/// What is read of a refusal's body, for the error it shows.
+const REFUSAL_BYTES: usize = 200;
 
 pub struct Upstream {
     url: String,
+    /// The URL as errors show it: no password, no credentials in its query.
+    shown: String,
+    /// The most an event may hold (`limits.max_event_size`): an upstream that sends more
+    /// without ending an event is cut off, so the parser's buffers stay bounded.
+    max_event: usize,
     client: reqwest::Client,
     headers: reqwest::header::HeaderMap,
     idle_timeout: Duration,
@@ -39,7 +48,8 @@ pub struct Upstream {
 }
 
 /// The settings of an upstream source; a TLS file that cannot be read stops start-up.
-pub fn settings(config: &SourceConfig, history: &crate::config::HistoryConfig) -> anyhow::Result<Upstream> {
+pub fn settings(config: &SourceConfig, hub: &crate::config::Config) -> anyhow::Result<Upstream> {
+    let history = &hub.history;
     let mut builder =
         reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
     if !config.tls.is_default() {
@@ -56,7 +66,7 @@ pub fn settings(config: &SourceConfig, history: &crate::config::HistoryConfig) -
         (history.store == StoreKind::Disk).then(|| history.dir.join("sources").join(format!("{}.last-event-id", config.name)));
     let saved = match &cursor_file {
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(id) => Some(id.trim().to_owned()).filter(|id| !id.is_empty()),
+            Ok(id) => Some(id.trim().to_owned()).filter(|id| sendable(id)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => anyhow::bail!("sources.{}: cannot read {}: {e}", config.name, path.display()),
         },
@@ -64,6 +74,8 @@ pub fn settings(config: &SourceConfig, history: &crate::config::HistoryConfig) -
     };
     Ok(Upstream {
         url: config.url.clone(),
+        shown: crate::config::redact::url(&config.url),
+        max_event: hub.limits.max_event_size.as_usize(),
         client,
         headers,
         idle_timeout: config.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
@@ -107,19 +119,22 @@ async fn session(intake: &Intake, upstream: &mut Upstream, retry: &mut Duration)
     if let Some(id) = &upstream.last_id {
         request = request.header("last-event-id", id.as_str());
     }
-    let response = tokio::time::timeout(upstream.idle_timeout, request.send())
+    let shown = &upstream.shown;
+    let mut response = tokio::time::timeout(upstream.idle_timeout, request.send())
         .await
-        .map_err(|_| format!("no answer from {} within {:?}", upstream.url, upstream.idle_timeout))?
-        .map_err(|e| format!("{}: {e}", upstream.url))?;
+        .map_err(|_| format!("no answer from {shown} within {:?}", upstream.idle_timeout))?
+        .map_err(|e| format!("{shown}: {}", e.without_url()))?;
     let status = response.status();
     if !status.is_success() || status == reqwest::StatusCode::NO_CONTENT {
-        let body = response.text().await.unwrap_or_default();
-        let body: String = body.chars().take(200).collect();
-        return Err(format!("{} answered {status}: {}", upstream.url, body.trim()));
+        // The first bytes only, and not for long: the body is the upstream's to make endless.
+        let first = tokio::time::timeout(Duration::from_secs(2), response.chunk()).await.ok().and_then(Result::ok).flatten();
+        let body = first.map(|b| String::from_utf8_lossy(&b[..b.len().min(REFUSAL_BYTES)]).into_owned()).unwrap_or_default();
+        return Err(format!("{shown} answered {status}: {}", body.trim()));
     }
     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("text/event-stream") {
-        return Err(format!("{} answered with `{content_type}`, not text/event-stream", upstream.url));
+        let content_type: String = content_type.chars().take(100).collect();
+        return Err(format!("{shown} answered with `{content_type}`, not text/event-stream"));
     }
     intake.status.up();
     let mut parser = Parser::new();
@@ -129,24 +144,36 @@ async fn session(intake: &Intake, upstream: &mut Upstream, retry: &mut Duration)
     }
     let mut body = response.bytes_stream();
     let mut items = Vec::new();
+    // Bytes read since the last event was dispatched: past an event's limit (and room for its
+    // field names), the upstream is sending an event Herald would refuse, or no event at all.
+    let mut pending = 0usize;
     loop {
         let chunk = match tokio::time::timeout(upstream.idle_timeout, body.next()).await {
             Err(_) => return Err(format!("nothing from the upstream for {:?}", upstream.idle_timeout)),
             Ok(None) => return Err("the upstream ended the stream".into()),
-            Ok(Some(Err(e))) => return Err(format!("reading the upstream: {e}")),
+            Ok(Some(Err(e))) => return Err(format!("reading the upstream: {}", e.without_url())),
             Ok(Some(Ok(chunk))) => chunk,
         };
         parser.feed(&chunk, &mut items);
+        pending += chunk.len();
         let mut events = Vec::new();
         for item in items.drain(..) {
             match item {
                 Item::Event(e) => events.push(e),
-                Item::Retry(ms) => *retry = Duration::from_millis(ms).min(MAX_RETRY),
+                Item::Retry(ms) => *retry = Duration::from_millis(ms).clamp(MIN_RETRY, MAX_RETRY),
                 Item::Comment(_) => {}
             }
         }
-        if !events.is_empty() && !take(intake, upstream, &events).await {
-            return Ok(());
+        if !events.is_empty() {
+            pending = 0;
+            if !take(intake, upstream, &events).await {
+                return Ok(());
+            }
+        } else if pending > 2 * upstream.max_event + 4096 {
+            return Err(format!(
+                "the upstream sent {pending} bytes without ending an event (limits.max_event_size is {})",
+                upstream.max_event
+            ));
         }
     }
 }
@@ -165,7 +192,9 @@ async fn take(intake: &Intake, upstream: &mut Upstream, events: &[MessageEvent])
     if intake.take(&msgs).await.is_none() {
         return false;
     }
-    let last = events.last().map(|e| e.last_event_id.as_str()).filter(|id| !id.is_empty());
+    // An id that cannot be sent back as a header (SSE allows control characters in ids) is not
+    // kept: resuming from the last one that can is the best the source can do.
+    let last = events.iter().rev().map(|e| e.last_event_id.as_str()).find(|id| sendable(id));
     if let Some(id) = last
         && upstream.last_id.as_deref() != Some(id)
     {
@@ -177,6 +206,11 @@ async fn take(intake: &Intake, upstream: &mut Upstream, events: &[MessageEvent])
         }
     }
     true
+}
+
+/// Whether `id` can be sent as `Last-Event-ID`.
+fn sendable(id: &str) -> bool {
+    !id.is_empty() && reqwest::header::HeaderValue::from_str(id).is_ok()
 }
 
 /// Replaces the file whole (a new file renamed over the old), so a crash leaves one id or the other.

@@ -20,6 +20,8 @@ pub struct SourceStatus {
     accepted: AtomicU64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
+    /// At-most-once messages (MQTT QoS 0) dropped while the hub could not take them.
+    dropped: AtomicU64,
 }
 
 /// A source as `/stats` shows it.
@@ -36,6 +38,7 @@ pub struct SourceReport {
     pub accepted: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    pub dropped: u64,
 }
 
 impl SourceStatus {
@@ -91,6 +94,12 @@ impl SourceStatus {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn dropped(&self) {
+        if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(source = %self.name, "the hub cannot take messages now: at-most-once messages are dropped (counted in /stats)");
+        }
+    }
+
     pub fn report(&self) -> SourceReport {
         SourceReport {
             name: self.name.clone(),
@@ -103,6 +112,7 @@ impl SourceStatus {
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
 }
