@@ -9,8 +9,11 @@ use herald::sse::Item;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+/// The version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "herald", version, about = "A Server-Sent Events hub")]
+#[command(name = "herald", version = VERSION, about = "A Server-Sent Events hub")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +42,10 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `herald man > /usr/local/share/man/man1/herald.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +175,16 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => herald::bench::run(args),
         Command::Store { action } => store(action),
         Command::HashKey { stdin } => hash_key(stdin),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 

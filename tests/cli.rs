@@ -218,3 +218,61 @@ fn hash_key_makes_a_key_and_the_hash_that_accepts_it() {
     let (ok, _, err) = run(herald(dir.path()).arg("config"));
     assert!(!ok && err.contains("access.publish.api_keys") && err.contains("herald hash-key") && !err.contains(key), "{err}");
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(herald(dir.path()).arg("--version"));
+    assert!(ok, "{err}");
+    let git = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    let commit = match git {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => "unknown".into(),
+    };
+    assert_eq!(out.trim(), format!("herald {} ({commit})", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands = ["serve", "config", "publish", "subscribe", "bench", "hash-key", "store", "completions", "man"];
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = run(herald(dir.path()).args(["completions", shell]));
+        assert!(ok, "{shell}: {err}");
+        for c in commands {
+            assert!(out.contains(c), "{shell} completions know `{c}`");
+        }
+    }
+    let (ok, out, err) = run(herald(dir.path()).args(["completions", "tcsh"]));
+    assert!(!ok && err.contains("tcsh"), "an unknown shell is refused by name: {out}{err}");
+    let (ok, man, err) = run(herald(dir.path()).arg("man"));
+    assert!(ok, "{err}");
+    assert!(man.contains(".TH herald 1"), "a section 1 man page");
+    for c in commands {
+        assert!(man.contains(&c.replace('-', "\\-")), "the man page names `{c}`");
+    }
+}
+
+/// The unit in packaging/ is what systemd accepts without a warning (`systemd-analyze verify`),
+/// run against this build of the binary.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/herald.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/herald serve"), "the unit runs herald serve");
+    // The man page is not installed here; the binary is this build's.
+    let unit: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| l.replace("/usr/local/bin/herald", env!("CARGO_BIN_EXE_herald")) + "\n")
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (Debian package systemd): the unit file is checked with it");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
