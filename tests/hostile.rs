@@ -176,6 +176,7 @@ fn at_the_file_descriptor_limit_the_accept_loop_backs_off_quietly() {
         .current_dir(dir.path())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HERALD_DEBUG__LISTEN", "")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -67,6 +67,31 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Brokers and upstream streams events are taken from.
     pub sources: Vec<sources::SourceConfig>,
+    pub debug: DebugConfig,
+}
+
+/// The debug listener, apart from the public one: liveness, readiness and the effective
+/// configuration, for operators and orchestrators only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Where it listens (`127.0.0.1:9139`, as oCIS's); empty: no debug listener.
+    pub listen: String,
+    /// A bearer token every request to it must carry; empty: none.
+    pub token: String,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        DebugConfig { listen: "127.0.0.1:9139".into(), token: String::new() }
+    }
+}
+
+impl DebugConfig {
+    /// The address, when the listener is on (the configuration was validated).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +274,7 @@ impl Default for Config {
             access: AccessConfig::default(),
             channels: Vec::new(),
             sources: Vec::new(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -302,6 +328,15 @@ impl Config {
     /// Checks what serde's types cannot. Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
+        if !self.debug.listen.is_empty() {
+            match self.debug.listen.parse::<SocketAddr>() {
+                Err(_) => {
+                    return bad("debug.listen", format!("`{}` is not an address such as 127.0.0.1:9139 (empty: off)", self.debug.listen));
+                }
+                Ok(addr) if addr == self.listen && addr.port() != 0 => return bad("debug.listen", "must differ from listen".into()),
+                Ok(_) => {}
+            }
+        }
         if self.workers > 1024 {
             return bad("workers", "must be at most 1024 (0 means one per CPU core)".into());
         }

@@ -2,6 +2,7 @@
 
 mod conn;
 pub mod cors;
+mod debug;
 mod error;
 mod event_stream;
 mod gate;

@@ -28,6 +28,18 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     // A cluster node loads what the bus retains before it serves.
     crate::cluster::start(&hub).await.map_err(std::io::Error::other)?;
     let sources = crate::sources::start(&hub).map_err(std::io::Error::other)?;
+    let debug_stop = CancellationToken::new();
+    if let Some(addr) = hub.config().debug.addr() {
+        let debug_listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("debug.listen {addr}: {e} (another herald on this machine? set debug.listen, or empty to turn it off)"),
+            )
+        })?;
+        tracing::info!(on = %debug_listener.local_addr()?, "debug listener (/healthz, /readyz, /config)");
+        let stop = debug_stop.clone();
+        tokio::spawn(super::debug::serve(debug_listener, hub.clone(), sources.clone(), async move { stop.cancelled().await }));
+    }
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let shared = Arc::new(Shared {
@@ -101,6 +113,8 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     if let Err(e) = hub.store().flush().await {
         tracing::error!(error = %e, "could not make history durable at shutdown");
     }
+    // Last: an orchestrator sees the node not ready (`/readyz` 503) while it drains.
+    debug_stop.cancel();
     Ok(())
 }
 

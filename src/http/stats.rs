@@ -49,11 +49,17 @@ pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker
 pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint): axum::Extension<Checkpoint>) -> Response {
     // A liveness probe tells nothing about channels or events.
     checkpoint.public();
-    if state.hub.is_closing() {
+    readiness(&state.hub, &state.sources)
+}
+
+/// Whether the node can take publishes, and if not why (`/healthz` on the public listener,
+/// `/readyz` on the debug one).
+pub fn readiness(hub: &crate::hub::Hub, sources: &crate::sources::Sources) -> Response {
+    if hub.is_closing() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "shutting down" }))).into_response();
     }
     // A required source that is down makes the node not ready, whatever else is fine.
-    let down = state.sources.required_down();
+    let down = sources.required_down();
     let with_sources = |code: StatusCode, mut body: serde_json::Value| {
         if down.is_empty() {
             return (code, Json(body)).into_response();
@@ -62,8 +68,8 @@ pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint):
         body["sources_down"] = down.iter().map(|(name, error)| serde_json::json!({ "name": name, "last_error": error })).collect();
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     };
-    let Some(bus) = state.hub.bus() else {
-        let store = state.hub.store();
+    let Some(bus) = hub.bus() else {
+        let store = hub.store();
         return match store.problem() {
             None => with_sources(StatusCode::OK, serde_json::json!({ "status": "ok", "store": store.kind() })),
             Some(problem) => (
@@ -81,7 +87,7 @@ pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint):
             "kind": bus.kind(),
             "connected": bus_state.connected(),
             "last_error": bus_state.last_error(),
-            "unapplied": state.hub.unapplied(),
+            "unapplied": hub.unapplied(),
         },
     });
     if !bus_state.connected() {

@@ -58,6 +58,8 @@ impl TestServer {
         config.shutdown_timeout = Duration::from_secs(2);
         // In-process tests keep history in memory unless one opts into the disk store.
         config.history.store = herald::config::StoreKind::Memory;
+        // Many servers run at once: no debug listener on its fixed port unless a test asks.
+        config.debug.listen = String::new();
         tweak(&mut config);
         config.validate().expect("test configuration is valid");
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();

@@ -16,6 +16,8 @@ pub fn herald(dir: &Path) -> Command {
             cmd.env_remove(k);
         }
     }
+    // Servers run side by side: none takes the debug listener's fixed port unless a test sets it.
+    cmd.env("HERALD_DEBUG__LISTEN", "");
     cmd
 }
 
