@@ -99,3 +99,58 @@ async fn herald_serve_listens_for_debug_on_127_0_0_1_9139_and_a_second_server_sa
     assert!(!out.status.success() && err.contains("debug.listen 127.0.0.1:9139"), "{err}");
     drop(first);
 }
+
+/// `/metrics` as a Prometheus scraper reads it: a sample's value, by name and labels.
+async fn scrape(debug: &str) -> prometheus_parse::Scrape {
+    let resp = http().get(format!("{debug}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = resp.text().await.unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_as_events_flow() {
+    let port = free_port();
+    let nowhere = free_port();
+    let down = source(&format!("name = \"orders\"\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{nowhere}\"\nsubjects = [\"x\"]"));
+    let server = TestServer::with(|c| {
+        c.debug.listen = format!("127.0.0.1:{port}");
+        c.sources = vec![down];
+    })
+    .await;
+    let debug = debug_url(port).await;
+    let before = scrape(&debug).await;
+    assert_eq!(value(&before, "herald_events_published_total", &[]), 0.0);
+    assert_eq!(value(&before, "herald_subscriptions", &[]), 0.0);
+    assert_eq!(value(&before, "herald_store_writable", &[("store", "memory")]), 1.0);
+    assert_eq!(value(&before, "herald_source_connected", &[("source", "orders"), ("type", "nats")]), 0.0);
+    let mut sub = support::Sse::open(&server.url("/sse/news")).await;
+    support::subscribers(&server, "news", 1).await;
+    for i in 0..3 {
+        server.publish_data("news", &format!("e{i}")).await;
+    }
+    assert_eq!(sub.data(3).await, ["e0", "e1", "e2"]);
+    let after = scrape(&debug).await;
+    assert_eq!(value(&after, "herald_events_published_total", &[]), 3.0);
+    assert_eq!(value(&after, "herald_subscriptions", &[]), 1.0);
+    assert_eq!(value(&after, "herald_channels", &[]), 1.0);
+    assert_eq!(value(&after, "herald_history_events", &[]), 3.0);
+    assert!(value(&after, "herald_history_bytes", &[]) > 0.0);
+    assert_eq!(value(&after, "herald_source_messages_total", &[("source", "orders"), ("outcome", "accepted")]), 0.0);
+    drop(sub);
+    eventually(async || value(&scrape(&debug).await, "herald_subscriptions", &[]) == 0.0).await;
+    server.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! - `GET /readyz`: the node can take publishes: what the public `/healthz` says (the store is
 //!   writable, the bus and every required source connected), 503 with the reason otherwise.
 //! - `GET /config`: the effective configuration as TOML, secrets redacted.
+//! - `GET /metrics`: Prometheus text format (see `metrics.rs`).
 //!
 //! With `debug.token` set, every request must carry `Authorization: Bearer <token>`: 401
 //! without it, 403 with another (compared in constant time).
@@ -33,7 +34,8 @@ pub fn router(hub: Arc<Hub>, sources: Arc<Sources>) -> Router {
         .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/config", get(config))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /config\n") })
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /config, /metrics\n") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -71,6 +73,11 @@ async fn alive() -> impl IntoResponse {
 
 async fn ready(State(state): State<DebugState>) -> Response {
     super::stats::readiness(&state.hub, &state.sources)
+}
+
+async fn metrics(State(state): State<DebugState>) -> impl IntoResponse {
+    // The exposition format's content type, version 0.0.4.
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], super::metrics::render(&state.hub, &state.sources))
 }
 
 async fn config(State(state): State<DebugState>) -> impl IntoResponse {

@@ -6,6 +6,7 @@ mod debug;
 mod error;
 mod event_stream;
 mod gate;
+mod metrics;
 mod publish;
 mod rewind;
 pub mod server;

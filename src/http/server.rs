@@ -36,7 +36,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
                 format!("debug.listen {addr}: {e} (another herald on this machine? set debug.listen, or empty to turn it off)"),
             )
         })?;
-        tracing::info!(on = %debug_listener.local_addr()?, "debug listener (/healthz, /readyz, /config)");
+        tracing::info!(on = %debug_listener.local_addr()?, "debug listener (/healthz, /readyz, /config, /metrics)");
         let stop = debug_stop.clone();
         tokio::spawn(super::debug::serve(debug_listener, hub.clone(), sources.clone(), async move { stop.cancelled().await }));
     }
