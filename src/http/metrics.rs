@@ -20,26 +20,25 @@ pub fn render(hub: &Hub, sources: &Sources) -> String {
 
 fn record(hub: &Hub, sources: &Sources) {
     let totals = hub.stats(1, None).totals;
-    describe_gauge!("herald_subscriptions", "Open event streams.");
-    gauge!("herald_subscriptions").set(totals.subscriptions as f64);
-    describe_gauge!("herald_subscribers", "Open event streams counted once per channel they read.");
-    gauge!("herald_subscribers").set(totals.subscribers as f64);
-    describe_gauge!("herald_channels", "Channels that exist now.");
-    gauge!("herald_channels").set(totals.channels as f64);
-    describe_gauge!("herald_user_logs", "Users' logs (events addressed to users) that exist now.");
-    gauge!("herald_user_logs").set(totals.user_logs as f64);
+    let store_writable = if hub.store().problem().is_none() { 1.0 } else { 0.0 };
+    let gauges = [
+        ("herald_subscriptions", "Open event streams.", totals.subscriptions as f64),
+        ("herald_subscribers", "Open event streams counted once per channel they read.", totals.subscribers as f64),
+        ("herald_channels", "Channels that exist now.", totals.channels as f64),
+        ("herald_user_logs", "Users' logs (events addressed to users) that exist now.", totals.user_logs as f64),
+        ("herald_history_events", "Events held in history.", totals.history_len as f64),
+        ("herald_history_bytes", "Bytes of the events held in history.", totals.history_bytes as f64),
+        ("herald_history_max_bytes", "history.max_memory: the cap on history's bytes.", totals.history_memory_cap as f64),
+        ("herald_idempotency_keys", "Idempotency keys held (dedupe_window).", hub.dedupe_keys() as f64),
+    ];
+    for (name, help, value) in gauges {
+        describe_gauge!(name, help);
+        gauge!(name).set(value);
+    }
     describe_counter!("herald_events_published_total", "Events published on this node (in a cluster, read back from the bus).");
     counter!("herald_events_published_total").absolute(totals.published);
-    describe_gauge!("herald_history_events", "Events held in history.");
-    gauge!("herald_history_events").set(totals.history_len as f64);
-    describe_gauge!("herald_history_bytes", "Bytes of the events held in history.");
-    gauge!("herald_history_bytes").set(totals.history_bytes as f64);
-    describe_gauge!("herald_history_max_bytes", "history.max_memory: the cap on history's bytes.");
-    gauge!("herald_history_max_bytes").set(totals.history_memory_cap as f64);
-    describe_gauge!("herald_idempotency_keys", "Idempotency keys held (dedupe_window).");
-    gauge!("herald_idempotency_keys").set(hub.dedupe_keys() as f64);
     describe_gauge!("herald_store_writable", "1 while the history store takes appends, 0 while it cannot (a full disk).");
-    gauge!("herald_store_writable", "store" => hub.store().kind()).set(if hub.store().problem().is_none() { 1.0 } else { 0.0 });
+    gauge!("herald_store_writable", "store" => hub.store().kind()).set(store_writable);
     if let Some(bus) = hub.bus() {
         describe_gauge!("herald_bus_connected", "1 while the cluster bus is reachable.");
         gauge!("herald_bus_connected", "bus" => bus.kind()).set(if bus.state().connected() { 1.0 } else { 0.0 });
