@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// The version and the commit it was built from.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HERALD_COMMIT"), ")");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILT_FROM_COMMIT"), ")");
 
 #[derive(Parser)]
 #[command(name = "herald", version = VERSION, about = "A Server-Sent Events hub")]
