@@ -254,8 +254,22 @@ async fn serve(config: herald::config::Config) -> anyhow::Result<()> {
     let hub = herald::hub::Hub::new(config)?;
     let listener = herald::http::server::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     tracing::info!(addr = %listener.local_addr()?, store = hub.store().kind(), "herald listening");
+    #[cfg(unix)]
+    tokio::spawn(on_hangup());
     herald::http::server::serve(listener, hub, shutdown_signal()).await?;
     Ok(())
+}
+
+/// SIGHUP: the log file is reopened (after logrotate moved it away).
+#[cfg(unix)]
+async fn on_hangup() {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: the log file cannot be reopened by signal");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        herald::telemetry::reopen_log_file();
+    }
 }
 
 /// SIGINT or SIGTERM.

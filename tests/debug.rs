@@ -121,6 +121,18 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
     }
 }
 
+/// A histogram's `_count`, as parsed.
+fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    let sample = scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no histogram {name}"));
+    match &sample.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than == f64::INFINITY).expect("a +Inf bucket");
+            inf.count
+        }
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn metrics_move_as_events_flow() {
     let port = free_port();
@@ -150,6 +162,25 @@ async fn metrics_move_as_events_flow() {
     assert_eq!(value(&after, "herald_history_events", &[]), 3.0);
     assert!(value(&after, "herald_history_bytes", &[]) > 0.0);
     assert_eq!(value(&after, "herald_source_messages_total", &[("source", "orders"), ("outcome", "accepted")]), 0.0);
+    // The hot-path counters are the process's (tests in this binary run side by side, each
+    // with a server of its own): ours moved them at least this far.
+    let moved = |name: &str, labels: &[(&str, &str)]| value(&after, name, labels) - value(&before, name, labels);
+    assert!(moved("herald_events_delivered_total", &[]) >= 3.0);
+    assert!(moved("herald_delivered_bytes_total", &[]) >= 3.0 * "data: e0\n\n".len() as f64);
+    assert!(moved("herald_http_responses_total", &[("class", "2xx")]) >= 4.0, "three publishes and a stream");
+    assert!(
+        histogram_count(&after, "herald_http_publish_duration_seconds") - histogram_count(&before, "herald_http_publish_duration_seconds")
+            >= 3.0
+    );
+    // A resuming client: its backlog counts as replayed.
+    let replayed = value(&after, "herald_events_replayed_total", &[]);
+    let mut again = support::Sse::open(&server.url("/sse/news?replay=all")).await;
+    assert_eq!(again.data(3).await, ["e0", "e1", "e2"]);
+    assert!(value(&scrape(&debug).await, "herald_events_replayed_total", &[]) - replayed >= 3.0);
+    let refused = value(&after, "herald_http_responses_total", &[("class", "4xx")]);
+    assert_eq!(http().post(server.url("/sse/news")).body("x").send().await.unwrap().status(), 415);
+    assert!(value(&scrape(&debug).await, "herald_http_responses_total", &[("class", "4xx")]) > refused);
+    drop(again);
     drop(sub);
     eventually(async || value(&scrape(&debug).await, "herald_subscriptions", &[]) == 0.0).await;
     server.shutdown().await;

@@ -30,8 +30,17 @@ pub struct Config {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `tracing` directive list).
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
-    /// `text` for people, `json` for log shippers.
+    /// `text` for people (`pretty` is the same), `json` for log shippers: one JSON object per
+    /// line with `timestamp`, `level`, `target`, `message` and the fields at the top level.
     pub log_format: LogFormat,
+    /// Colour in text logs: `auto` (at a terminal, unless `NO_COLOR` is set), `always`, `never`.
+    pub log_color: LogColor,
+    /// Append logs to this file instead of stderr; reopened on SIGHUP (for logrotate). Empty:
+    /// stderr.
+    pub log_file: std::path::PathBuf,
+    /// Access-log lines (target `herald::access`): one per publish request, per refused
+    /// request, and per event stream when it ends.
+    pub access_log: bool,
     /// How often an idle stream gets a `: keep-alive` comment (or a ping event). `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -97,8 +106,17 @@ impl DebugConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    #[serde(alias = "pretty")]
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +275,9 @@ impl Default for Config {
             workers: 0,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            log_color: LogColor::Auto,
+            log_file: std::path::PathBuf::new(),
+            access_log: true,
             keepalive_interval: Duration::from_secs(30),
             ping_event: false,
             retry: Duration::from_secs(3),

@@ -45,6 +45,24 @@ pub enum Missed {
     Unknown,
 }
 
+/// What one write's reads gathered: how many events, and when the oldest of them was accepted
+/// (for the delivery-delay histogram).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Batch {
+    pub events: u32,
+    pub oldest: Option<Instant>,
+}
+
+impl Batch {
+    fn add(&mut self, ev: &Event) {
+        // A voided slot is not an event.
+        if !ev.frame.is_empty() {
+            self.events += 1;
+            self.oldest.get_or_insert(ev.published_at);
+        }
+    }
+}
+
 /// The outcome of one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStep {
@@ -174,7 +192,7 @@ impl ChannelLog {
 
     /// Copies the frames of events from `cursor` on into `buf`: events up to position `upto`,
     /// and no more than `max_bytes` (but always at least one event).
-    pub fn read_into(&self, cursor: &mut u64, upto: u64, buf: &mut BytesMut, max_bytes: usize) -> ReadStep {
+    pub fn read_into(&self, cursor: &mut u64, upto: u64, buf: &mut BytesMut, max_bytes: usize, batch: &mut Batch) -> ReadStep {
         let inner = self.inner.lock();
         let mut i = match inner.index_of(cursor) {
             Ok(i) => i,
@@ -186,6 +204,7 @@ impl ChannelLog {
                 break;
             }
             buf.extend_from_slice(&ev.frame);
+            batch.add(ev);
             i += 1;
         }
         *cursor = inner.first_seq + i as u64;
@@ -205,7 +224,7 @@ impl ChannelLog {
     /// unless its position is at most `sent` (a subscriber of several channels already sent it
     /// through another) or the frame is larger than `room`, in which case nothing moves. Returns
     /// the position of the next event, for the caller's merge.
-    pub fn take(&self, cursor: &mut u64, sent: u64, buf: &mut BytesMut, room: usize) -> Take {
+    pub fn take(&self, cursor: &mut u64, sent: u64, buf: &mut BytesMut, room: usize, batch: &mut Batch) -> Take {
         let inner = self.inner.lock();
         let i = match inner.index_of(cursor) {
             Ok(i) => i,
@@ -217,9 +236,16 @@ impl ChannelLog {
                 return Take::Full;
             }
             buf.extend_from_slice(&ev.frame);
+            batch.add(ev);
         }
         *cursor += 1;
         Take::Taken { next: inner.events.get(i + 1).map(|e| e.pos) }
+    }
+
+    /// How many events a cursor at `cursor` has yet to read (voided slots included).
+    pub fn backlog(&self, cursor: u64) -> u64 {
+        let inner = self.inner.lock();
+        (inner.first_seq + inner.events.len() as u64).saturating_sub(cursor)
     }
 
     /// Sequence the next event will get: a cursor equal to it is caught up.
@@ -346,8 +372,8 @@ mod tests {
         assert_eq!(log.start(Resume::All, last).0, MIN_WINDOW as u64 - 1);
         let mut cursor = 0;
         let mut buf = BytesMut::new();
-        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20), ReadStep::Lagged(2));
-        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20), ReadStep::Done);
+        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20, &mut Batch::default()), ReadStep::Lagged(2));
+        assert_eq!(log.read_into(&mut cursor, u64::MAX, &mut buf, 1 << 20, &mut Batch::default()), ReadStep::Done);
         assert!(buf.starts_with(b"data: 12\n\n"));
         assert_eq!(cursor, log.end_seq());
     }

@@ -11,7 +11,7 @@ pub mod disk;
 pub mod log;
 pub mod memory;
 
-pub use log::{ChannelLog, MIN_WINDOW, Missed, ReadStep, Resume, Retention, Take};
+pub use log::{Batch, ChannelLog, MIN_WINDOW, Missed, ReadStep, Resume, Retention, Take};
 pub use memory::{MemoryBudget, MemoryStore};
 
 use crate::event::Event;

@@ -31,9 +31,16 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The JSON body every error is answered with.
+    /// The JSON body every error is answered with; a server error names the request's id,
+    /// which finds the log line that says what went wrong.
     pub fn json_body(&self) -> Vec<u8> {
-        serde_json::json!({ "error": self.message, "status": self.status.as_u16() }).to_string().into_bytes()
+        let mut body = serde_json::json!({ "error": self.message, "status": self.status.as_u16() });
+        if self.status.is_server_error()
+            && let Some(id) = crate::telemetry::request_id::current()
+        {
+            body["request_id"] = serde_json::Value::from(id.to_str().unwrap_or_default());
+        }
+        body.to_string().into_bytes()
     }
 }
 
@@ -41,6 +48,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.json_body();
         let mut resp = (self.status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        resp.extensions_mut().insert(super::requests::ErrorNote(self.message));
         if self.bearer {
             resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
@@ -79,16 +87,21 @@ impl From<PublishError> for ApiError {
             // What the engine said (paths, addresses, its own words) is for the operator's log;
             // the client is told what failed, in words that do not change.
             PublishError::Store(e) => {
-                tracing::error!(error = %e, "publish refused: the history store failed");
+                tracing::error!(error = %e, request_id = request_id(), "publish refused: the history store failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "history store unavailable: the event was not published (see the server log)",
                 )
             }
             PublishError::Bus(e) => {
-                tracing::error!(error = %e, "publish refused: the cluster bus failed");
+                tracing::error!(error = %e, request_id = request_id(), "publish refused: the cluster bus failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cluster bus ({}) unavailable: the event was not published", e.kind))
             }
         }
     }
+}
+
+/// The current request's id, for a log line.
+fn request_id() -> Option<String> {
+    crate::telemetry::request_id::current().and_then(|id| id.to_str().ok().map(str::to_owned))
 }

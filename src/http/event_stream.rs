@@ -139,6 +139,14 @@ pub struct OpenStream {
 /// goes, as chunks when the length is [`BodyLength::Chunked`]. The stream is borrowed, not
 /// taken, so that the connection's task holds it once.
 pub async fn pump(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
+    let result = pump_inner(stream, open).await;
+    if result.is_err() {
+        open.sub.ended_by(crate::telemetry::access::StreamEnd::WriteFailed);
+    }
+    result
+}
+
+async fn pump_inner(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
     let chunked = open.length == BodyLength::Chunked;
     let sub = &mut open.sub;
     // The head and the preamble (always ready) leave in one write.

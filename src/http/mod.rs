@@ -8,6 +8,7 @@ mod event_stream;
 mod gate;
 mod metrics;
 mod publish;
+mod requests;
 mod rewind;
 pub mod server;
 mod stats;
@@ -55,6 +56,7 @@ pub fn router(hub: Arc<Hub>, sources: Arc<crate::sources::Sources>) -> Result<Ro
         .fallback(not_found)
         .layer(axum::middleware::from_fn(gate::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors::layer))
+        .layer(axum::middleware::from_fn(requests::layer))
         .with_state(state);
     Ok(router)
 }

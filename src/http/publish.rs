@@ -8,6 +8,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::gate::Asker;
+use super::requests::PublishRecord;
 use crate::event::Draft;
 use crate::hub::{Hub, Ingested, Once, Submission};
 use crate::json::EventInput;
@@ -128,8 +129,9 @@ pub async fn to_body(State(state): State<AppState>, RawQuery(raw): RawQuery, ask
     handle(&state, Target::Body, raw.as_deref(), &asker, body).await
 }
 
-/// The ids, and on a repeat of an `Idempotency-Key`, `Idempotent-Replayed: true`.
-type Answer = (HeaderMap, Json<Published>);
+/// The ids, and on a repeat of an `Idempotency-Key`, `Idempotent-Replayed: true`; and for the
+/// access log, what was published.
+type Answer = (HeaderMap, axum::Extension<PublishRecord>, Json<Published>);
 
 /// The longest `Idempotency-Key` taken.
 const MAX_KEY_LEN: usize = 255;
@@ -173,7 +175,10 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     }
     let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
     state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
-    publish(hub, drafts, key).await
+    let channels = named.join(",");
+    let (headers, published) = publish(hub, drafts, key).await?;
+    let record = PublishRecord { channels, events: published.ids.len() };
+    Ok((headers, axum::Extension(record), Json(published)))
 }
 
 fn at(index: usize, message: String) -> ApiError {
@@ -230,7 +235,7 @@ fn parse_text(raw_query: Option<&str>, bytes: &[u8], token_param: &str) -> Resul
 
 /// Hands the request's events to the hub's publish path: a batch is all or nothing, and with
 /// an `Idempotency-Key`, published once.
-async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>, key: Option<&str>) -> Result<Answer, ApiError> {
+async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>, key: Option<&str>) -> Result<(HeaderMap, Published), ApiError> {
     let batch: Vec<Submission> =
         drafts.into_iter().map(|(to, draft)| Submission { channels: to.channels, users: to.users, draft }).collect();
     let mut headers = HeaderMap::new();
@@ -246,5 +251,5 @@ async fn publish(hub: &Hub, drafts: Vec<(Destination, Draft)>, key: Option<&str>
             ids
         }
     };
-    Ok((headers, Json(Published { ids })))
+    Ok((headers, Published { ids }))
 }

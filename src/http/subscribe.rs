@@ -111,6 +111,10 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credentia
     if let Some(at) = admission.ends_at() {
         subscription.end_at(at);
     }
+    if state.hub.config().access_log {
+        let id = crate::telemetry::request_id::current().unwrap_or_else(crate::telemetry::request_id::generate);
+        subscription.log_as(asker.peer, admission.user().map(std::sync::Arc::from), id);
+    }
     tracing::debug!(peer = %asker.peer, channels = ?q.channels, user = admission.user(), ends_at = admission.ends_at(), "event stream opened");
     // Whoever serves the connection takes the subscription: the socket path from the extension,
     // hyper by polling the body.

@@ -626,6 +626,10 @@ impl Hub {
                 start
             })
             .collect();
+        if last_event_id.is_some() || replay_all {
+            let behind: u64 = channels.iter().zip(&starts).map(|((ch, _), &start)| ch.log.backlog(start)).sum();
+            crate::telemetry::counters::replaying(behind);
+        }
         let missed_notice = missed.map(|m| missed_notice(m, last_event_id.unwrap_or_default(), &channels));
         let options = SubscriptionOptions::from_config(&self.config);
         Ok(Subscription::new(self.clone(), (waker, pending), channels, starts, missed_notice, options, epoch))

@@ -9,7 +9,9 @@
 use super::pending::PendingSet;
 use super::{Channel, Hub};
 use crate::config::{Config, LagPolicy};
-use crate::history::{ReadStep, Take};
+use crate::history::{Batch, ReadStep, Take};
+use crate::telemetry::access::{self, StreamEnd};
+use crate::telemetry::counters;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
@@ -95,6 +97,21 @@ pub struct Subscription {
     keepalive: bool,
     ping_event: bool,
     lag_policy: LagPolicy,
+    /// Events in the bytes pending, for the delivery counters.
+    batch_events: u32,
+    /// What the access log says when the stream ends; absent when access logs are off.
+    log: Option<Box<StreamLog>>,
+}
+
+/// An event stream's access-log record.
+struct StreamLog {
+    peer: std::net::SocketAddr,
+    user: Option<Arc<str>>,
+    request_id: http::HeaderValue,
+    opened: std::time::Instant,
+    events: u64,
+    bytes: u64,
+    end: StreamEnd,
 }
 
 impl Subscription {
@@ -143,6 +160,28 @@ impl Subscription {
             keepalive: options.keepalive.is_some(),
             ping_event: options.ping_event,
             lag_policy: options.lag_policy,
+            batch_events: 0,
+            log: None,
+        }
+    }
+
+    /// Keeps an access-log record for the stream, written when it ends (`access_log`).
+    pub fn log_as(&mut self, peer: std::net::SocketAddr, user: Option<Arc<str>>, request_id: http::HeaderValue) {
+        let opened = std::time::Instant::now();
+        self.log = Some(Box::new(StreamLog { peer, user, request_id, opened, events: 0, bytes: 0, end: StreamEnd::ClientClosed }));
+    }
+
+    /// Why the stream ends, when whoever writes it knows better than the stream itself (a
+    /// write that failed or timed out).
+    pub fn ended_by(&mut self, end: StreamEnd) {
+        self.set_end(end);
+    }
+
+    fn set_end(&mut self, end: StreamEnd) {
+        if let Some(log) = &mut self.log
+            && log.end == StreamEnd::ClientClosed
+        {
+            log.end = end;
         }
     }
 
@@ -155,15 +194,26 @@ impl Subscription {
 
     /// Copies whatever is ready into `buf`.
     fn fill(&mut self) {
-        if self.cursors.len() == 1 { self.fill_single() } else { self.fill_merged() }
+        let mut batch = Batch::default();
+        if self.cursors.len() == 1 {
+            self.fill_single(&mut batch)
+        } else {
+            self.fill_merged(&mut batch)
+        }
+        self.batch_events = self.batch_events.saturating_add(batch.events);
+        if let Some(oldest) = batch.oldest
+            && counters::time_this_delivery()
+        {
+            counters::delivery_delay(oldest);
+        }
     }
 
-    fn fill_single(&mut self) {
+    fn fill_single(&mut self, batch: &mut Batch) {
         // Events past the watermark are in the window but not yet durable.
         let upto = self.hub.watermark();
         loop {
             let c = &mut self.cursors[0];
-            match c.channel.log.read_into(&mut c.next, upto, &mut self.buf, self.write_batch) {
+            match c.channel.log.read_into(&mut c.next, upto, &mut self.buf, self.write_batch, batch) {
                 ReadStep::Done => return,
                 ReadStep::Lagged(n) => {
                     if !self.lagged(n) {
@@ -180,7 +230,7 @@ impl Subscription {
     /// position per channel, so a subscription to many channels holds what one write holds;
     /// and only the channels marked since the last read are looked at, so a wake costs what
     /// changed, not every channel named.
-    fn fill_merged(&mut self) {
+    fn fill_merged(&mut self, batch: &mut Batch) {
         // The watermark before the marks (see `pending.rs`).
         let upto = self.hub.watermark();
         let words = self.pending.as_ref().map_or(0, |p| p.words());
@@ -202,7 +252,7 @@ impl Subscription {
             // Always at least one event per write, however large.
             let room = if self.buf.len() == start { usize::MAX } else { self.write_batch.saturating_sub(self.buf.len() - start) };
             let c = &mut self.cursors[i];
-            match c.channel.log.take(&mut c.next, self.last_pos, &mut self.buf, room) {
+            match c.channel.log.take(&mut c.next, self.last_pos, &mut self.buf, room, batch) {
                 Take::Taken { next } => {
                     self.last_pos = self.last_pos.max(pos);
                     if let Some(next) = next {
@@ -253,6 +303,7 @@ impl Subscription {
 
     /// Writes the lag notice; returns whether to go on reading.
     fn lagged(&mut self, skipped: u64) -> bool {
+        counters::lagged(skipped);
         self.buf.put_slice(b"event: error\ndata: lagged: ");
         self.buf.put_slice(itoa::Buffer::new().format(skipped).as_bytes());
         self.buf.put_slice(b" messages skipped\n\n");
@@ -284,7 +335,13 @@ impl Subscription {
         }
         // Register before reading: an event published after the read wakes us.
         self.waker.register(cx.waker());
-        if self.hub.is_closing() || (self.ends_at != 0 && super::unix_now() >= u64::from(self.ends_at)) {
+        if self.hub.is_closing() {
+            self.set_end(StreamEnd::Shutdown);
+            self.finished = true;
+            return Poll::Ready(false);
+        }
+        if self.ends_at != 0 && super::unix_now() >= u64::from(self.ends_at) {
+            self.set_end(StreamEnd::TokenExpired);
             self.finished = true;
             return Poll::Ready(false);
         }
@@ -295,15 +352,21 @@ impl Subscription {
         // nothing was lost. The client reconnects with the last id it got.
         if self.hub.history_epoch() != self.epoch {
             self.buf.clear();
+            self.batch_events = 0;
+            self.set_end(StreamEnd::HistoryReset);
             self.finished = true;
             return Poll::Ready(false);
         }
         if !self.buf.is_empty() {
             self.wrote_since_tick = true;
             self.finished = self.ending;
+            if self.ending {
+                self.set_end(StreamEnd::Lagged);
+            }
             return Poll::Ready(true);
         }
         if self.ending {
+            self.set_end(StreamEnd::Lagged);
             self.finished = true;
             return Poll::Ready(false);
         }
@@ -328,6 +391,7 @@ impl Subscription {
 
     /// The pending bytes have been written.
     pub fn sent(&mut self) {
+        self.count_sent(self.buf.len());
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = BytesMut::new();
         } else {
@@ -337,7 +401,23 @@ impl Subscription {
 
     /// The next bytes to send as an owned chunk, for a caller that queues them (hyper).
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        self.poll_pending(cx).map(|more| more.then(|| self.buf.split().freeze()))
+        self.poll_pending(cx).map(|more| {
+            more.then(|| {
+                // Handed to hyper, which writes it: counted as sent here.
+                self.count_sent(self.buf.len());
+                self.buf.split().freeze()
+            })
+        })
+    }
+
+    /// Counts a write of `bytes` (and the events in it) for the metrics and the access log.
+    fn count_sent(&mut self, bytes: usize) {
+        let events = std::mem::take(&mut self.batch_events);
+        counters::delivered(events, bytes);
+        if let Some(log) = &mut self.log {
+            log.events += u64::from(events);
+            log.bytes += bytes as u64;
+        }
     }
 }
 
@@ -361,6 +441,21 @@ impl Body for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            // A user's own logs are the stream's user, not channels it named.
+            let channels: Vec<&str> =
+                self.cursors.iter().map(|c| &*c.channel.name).filter(|name| !super::users::is_user_log(name)).collect();
+            access::stream_ended(&access::StreamLine {
+                peer: log.peer,
+                channels: &channels.join(","),
+                user: log.user.as_deref(),
+                lasted: log.opened.elapsed(),
+                events: log.events,
+                bytes: log.bytes,
+                end: log.end,
+                request_id: log.request_id.to_str().unwrap_or_default(),
+            });
+        }
         for c in &self.cursors {
             if self.pending.is_some() { c.channel.unregister_merged(c.key) } else { c.channel.unregister(c.key) }
         }

@@ -59,6 +59,10 @@ impl Served {
             if let Some(i) = line.find("addr=") {
                 break line[i + 5..].split_whitespace().next().unwrap().to_owned();
             }
+            // JSON logs (`log_format = "json"`).
+            if let Some(i) = line.find("\"addr\":\"") {
+                break line[i + 8..].split('"').next().unwrap().to_owned();
+            }
         };
         // Keep draining the log so the server never blocks on a full pipe.
         let kept = log.clone();

@@ -465,7 +465,9 @@ impl Writer {
 
     fn sync(&mut self) -> fjall::Result<()> {
         if let Some(engine) = &self.engine {
+            let started = std::time::Instant::now();
             engine.db.persist(PersistMode::SyncAll)?;
+            crate::telemetry::counters::fsync_took(started.elapsed());
         }
         self.unsynced = false;
         Ok(())

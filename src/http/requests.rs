@@ -1,0 +1,56 @@
+//! Every request on the public listener: its id (`X-Request-Id`, taken from the client or
+//! made), its count by status class, the publish latency, and its access-log line.
+
+use crate::telemetry::{access, counters, request_id};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What a publish handler leaves on its answer for the access log.
+#[derive(Clone)]
+pub struct PublishRecord {
+    /// The channels its events named, comma-separated.
+    pub channels: String,
+    pub events: usize,
+}
+
+/// What an error answer leaves for the access log: the message the client was told.
+#[derive(Clone)]
+pub struct ErrorNote(pub String);
+
+pub async fn layer(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req.headers().get("x-request-id").and_then(request_id::from_client).unwrap_or_else(request_id::generate);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    // The route, never the path: a token route's path holds the token.
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let publish = method == http::Method::POST && route.as_deref().is_some_and(|r| r == "/publish" || r.starts_with("/sse/"));
+    let mut resp = request_id::scope(id.clone(), next.run(req)).await;
+    let status = resp.status();
+    counters::http_answer(status);
+    let took = started.elapsed();
+    let route = route.as_deref().unwrap_or("(no route)");
+    let id_text = std::str::from_utf8(id.as_bytes()).unwrap_or("");
+    let error = resp.extensions_mut().remove::<ErrorNote>();
+    if publish {
+        counters::publish_took(took);
+        let record = resp.extensions_mut().remove::<PublishRecord>();
+        access::publish(&access::PublishLine {
+            peer,
+            route,
+            status: status.as_u16(),
+            channels: record.as_ref().map_or("", |r| &r.channels),
+            events: record.as_ref().map_or(0, |r| r.events),
+            took,
+            request_id: id_text,
+            error: error.as_ref().map(|e| e.0.as_str()),
+        });
+    } else if status.is_client_error() || status.is_server_error() {
+        access::refused(peer, method.as_str(), route, status.as_u16(), id_text, error.as_ref().map(|e| e.0.as_str()));
+    }
+    resp.headers_mut().insert("x-request-id", id);
+    resp
+}
