@@ -49,7 +49,14 @@ async fn json_logs_carry_the_documented_fields_and_an_access_line_per_publish_re
     assert_eq!((refused.status().as_u16(), refused.headers()["x-request-id"].to_str().unwrap()), (415, "proxy-42"));
     let not_found = http().get(served.url("/nowhere")).send().await.unwrap();
     assert_eq!(not_found.status(), 404);
-    eventually(async || !access_lines(&logged(&served), "stream").is_empty()).await;
+    // The server's stderr is read by a thread of its own: wait until every line is in.
+    eventually(async || {
+        let lines = logged(&served);
+        !access_lines(&lines, "stream").is_empty()
+            && !access_lines(&lines, "refused").is_empty()
+            && access_lines(&lines, "publish").len() >= 2
+    })
+    .await;
     let lines = logged(&served);
     for line in &lines {
         for field in ["timestamp", "level", "target", "message"] {
