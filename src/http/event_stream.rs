@@ -141,7 +141,7 @@ pub struct OpenStream {
 pub async fn pump(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
     let result = pump_inner(stream, open).await;
     if result.is_err() {
-        open.sub.ended_by(crate::telemetry::access::StreamEnd::WriteFailed);
+        open.sub.set_end(crate::telemetry::access::StreamEnd::WriteFailed);
     }
     result
 }

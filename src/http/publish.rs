@@ -175,7 +175,8 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     }
     let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
     state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
-    let channels = named.join(",");
+    // For the access log only.
+    let channels = if hub.config().access_log { named.join(",") } else { String::new() };
     let (headers, published) = publish(hub, drafts, key).await?;
     let record = PublishRecord { channels, events: published.ids.len() };
     Ok((headers, axum::Extension(record), Json(published)))

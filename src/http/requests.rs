@@ -25,14 +25,15 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let id = req.headers().get("x-request-id").and_then(request_id::from_client).unwrap_or_else(request_id::generate);
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     // The route, never the path: a token route's path holds the token.
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
-    let publish = method == http::Method::POST && route.as_deref().is_some_and(|r| r == "/publish" || r.starts_with("/sse/"));
+    let publish =
+        method == http::Method::POST && route.as_ref().is_some_and(|r| r.as_str() == "/publish" || r.as_str().starts_with("/sse/"));
     let mut resp = request_id::scope(id.clone(), next.run(req)).await;
     let status = resp.status();
     counters::http_answer(status);
     let took = started.elapsed();
-    let route = route.as_deref().unwrap_or("(no route)");
+    let route = route.as_ref().map_or("(no route)", MatchedPath::as_str);
     let id_text = std::str::from_utf8(id.as_bytes()).unwrap_or("");
     let error = resp.extensions_mut().remove::<ErrorNote>();
     if publish {

@@ -171,13 +171,9 @@ impl Subscription {
         self.log = Some(Box::new(StreamLog { peer, user, request_id, opened, events: 0, bytes: 0, end: StreamEnd::ClientClosed }));
     }
 
-    /// Why the stream ends, when whoever writes it knows better than the stream itself (a
-    /// write that failed or timed out).
-    pub fn ended_by(&mut self, end: StreamEnd) {
-        self.set_end(end);
-    }
-
-    fn set_end(&mut self, end: StreamEnd) {
+    /// Records why the stream ends (the first reason given stands), for its access-log line;
+    /// whoever writes it says so when a write failed.
+    pub fn set_end(&mut self, end: StreamEnd) {
         if let Some(log) = &mut self.log
             && log.end == StreamEnd::ClientClosed
         {

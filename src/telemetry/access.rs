@@ -69,8 +69,6 @@ pub enum StreamEnd {
     /// History was reset under it (a store repaired, a cluster's bus replaced); the client
     /// resumes and is told what it missed.
     HistoryReset,
-    /// Its socket stopped taking bytes for longer than `limits.write_timeout`.
-    WriteTimeout,
     /// Writing to its socket failed.
     WriteFailed,
 }
@@ -83,7 +81,6 @@ impl StreamEnd {
             StreamEnd::TokenExpired => "token expired",
             StreamEnd::Lagged => "lagged",
             StreamEnd::HistoryReset => "history reset",
-            StreamEnd::WriteTimeout => "write timeout",
             StreamEnd::WriteFailed => "write failed",
         }
     }
