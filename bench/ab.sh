@@ -12,6 +12,8 @@ set -u
 OLD=$1 NEW=$2 OUT=${3:-ab.jsonl}
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-5s} PORT=${PORT:-18500}
 SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+# The servers' log level: `info` includes the access-log lines (one per publish), `warn` not.
+LOG_LEVEL=${LOG_LEVEL:-warn}
 : >"$OUT"
 
 run() { # build label env... -- bench args...
@@ -24,7 +26,7 @@ run() { # build label env... -- bench args...
     [ "$build" = new ] && bin=$NEW
     local dir
     dir=$(mktemp -d)
-    (cd "$dir" && exec env "${envs[@]}" taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$PORT" --workers 1 --log-level warn 2>/dev/null) &
+    (cd "$dir" && exec env "${envs[@]}" taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$PORT" --workers 1 --log-level "$LOG_LEVEL" 2>/dev/null) &
     local pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
     local json

@@ -131,7 +131,7 @@ pub async fn to_body(State(state): State<AppState>, RawQuery(raw): RawQuery, ask
 
 /// The ids, and on a repeat of an `Idempotency-Key`, `Idempotent-Replayed: true`; and for the
 /// access log, what was published.
-type Answer = (HeaderMap, axum::Extension<PublishRecord>, Json<Published>);
+type Answer = (HeaderMap, Option<axum::Extension<PublishRecord>>, Json<Published>);
 
 /// The longest `Idempotency-Key` taken.
 const MAX_KEY_LEN: usize = 255;
@@ -175,11 +175,11 @@ async fn handle(state: &AppState, target: Target, raw: Option<&str>, asker: &Ask
     }
     let to_users = drafts.iter().any(|(to, _)| !to.users.is_empty());
     state.gate.publish(&asker.checkpoint, &named, to_users, &asker.facts(&bytes)).await?;
-    // For the access log only.
-    let channels = if hub.config().access_log { named.join(",") } else { String::new() };
+    // For the access log only, and only when it is written.
+    let channels = crate::telemetry::access::enabled().then(|| named.join(","));
     let (headers, published) = publish(hub, drafts, key).await?;
-    let record = PublishRecord { channels, events: published.ids.len() };
-    Ok((headers, axum::Extension(record), Json(published)))
+    let record = channels.map(|channels| axum::Extension(PublishRecord { channels, events: published.ids.len() }));
+    Ok((headers, record, Json(published)))
 }
 
 fn at(index: usize, message: String) -> ApiError {

@@ -33,11 +33,29 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let status = resp.status();
     counters::http_answer(status);
     let took = started.elapsed();
-    let route = route.as_ref().map_or("(no route)", MatchedPath::as_str);
-    let id_text = std::str::from_utf8(id.as_bytes()).unwrap_or("");
-    let error = resp.extensions_mut().remove::<ErrorNote>();
     if publish {
         counters::publish_took(took);
+    }
+    if access::enabled() {
+        log_line(&mut resp, (peer, &method, route.as_ref(), publish), took, &id);
+    }
+    resp.headers_mut().insert("x-request-id", id);
+    resp
+}
+
+/// The request's access-log line, from what the request and its answer say.
+fn log_line(
+    resp: &mut Response,
+    (peer, method, route, publish): (Option<SocketAddr>, &http::Method, Option<&MatchedPath>, bool),
+    took: std::time::Duration,
+    id: &http::HeaderValue,
+) {
+    let status = resp.status();
+    let route = route.map_or("(no route)", MatchedPath::as_str);
+    let request_id = id.to_str().unwrap_or_default();
+    let error = resp.extensions_mut().remove::<ErrorNote>();
+    let error = error.as_ref().map(|e| e.0.as_str());
+    if publish {
         let record = resp.extensions_mut().remove::<PublishRecord>();
         access::publish(&access::PublishLine {
             peer,
@@ -46,12 +64,10 @@ pub async fn layer(req: Request, next: Next) -> Response {
             channels: record.as_ref().map_or("", |r| &r.channels),
             events: record.as_ref().map_or(0, |r| r.events),
             took,
-            request_id: id_text,
-            error: error.as_ref().map(|e| e.0.as_str()),
+            request_id,
+            error,
         });
     } else if status.is_client_error() || status.is_server_error() {
-        access::refused(peer, method.as_str(), route, status.as_u16(), id_text, error.as_ref().map(|e| e.0.as_str()));
+        access::refused(peer, method.as_str(), route, status.as_u16(), request_id, error);
     }
-    resp.headers_mut().insert("x-request-id", id);
-    resp
 }

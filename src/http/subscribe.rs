@@ -111,9 +111,9 @@ async fn open(state: &AppState, q: SubscribeQuery, asker: &Asker, path_credentia
     if let Some(at) = admission.ends_at() {
         subscription.end_at(at);
     }
-    if state.hub.config().access_log {
+    if crate::telemetry::access::enabled() {
         let id = crate::telemetry::request_id::current().unwrap_or_else(crate::telemetry::request_id::generate);
-        subscription.log_as(asker.peer, admission.user().map(std::sync::Arc::from), id);
+        subscription.log_as(asker.peer, admission.user().map(std::sync::Arc::from), id.to_str().unwrap_or_default().into());
     }
     tracing::debug!(peer = %asker.peer, channels = ?q.channels, user = admission.user(), ends_at = admission.ends_at(), "event stream opened");
     // Whoever serves the connection takes the subscription: the socket path from the extension,

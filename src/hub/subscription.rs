@@ -107,7 +107,7 @@ pub struct Subscription {
 struct StreamLog {
     peer: std::net::SocketAddr,
     user: Option<Arc<str>>,
-    request_id: http::HeaderValue,
+    request_id: Box<str>,
     opened: std::time::Instant,
     events: u64,
     bytes: u64,
@@ -166,7 +166,7 @@ impl Subscription {
     }
 
     /// Keeps an access-log record for the stream, written when it ends (`access_log`).
-    pub fn log_as(&mut self, peer: std::net::SocketAddr, user: Option<Arc<str>>, request_id: http::HeaderValue) {
+    pub fn log_as(&mut self, peer: std::net::SocketAddr, user: Option<Arc<str>>, request_id: Box<str>) {
         let opened = std::time::Instant::now();
         self.log = Some(Box::new(StreamLog { peer, user, request_id, opened, events: 0, bytes: 0, end: StreamEnd::ClientClosed }));
     }
@@ -449,7 +449,7 @@ impl Drop for Subscription {
                 events: log.events,
                 bytes: log.bytes,
                 end: log.end,
-                request_id: log.request_id.to_str().unwrap_or_default(),
+                request_id: &log.request_id,
             });
         }
         for c in &self.cursors {

@@ -8,6 +8,12 @@ use std::time::Duration;
 /// The `tracing` target of every access-log line.
 pub const TARGET: &str = "herald::access";
 
+/// Whether access-log lines are written at all (`access_log`, and a level or `RUST_LOG` that
+/// lets `herald::access` through at info): what is kept only for them is not kept otherwise.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// A publish request's outcome.
 pub struct PublishLine<'a> {
     pub peer: Option<SocketAddr>,
