@@ -57,12 +57,23 @@ start_herald() {
     # keep 10,000 events per channel, so that a subscriber the load generator reads late in a
     # saturating run is not pushed past what history holds (Herald would tell it how many it
     # skipped; the run would count them as lost).
-    HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000 taskset -c "$SERVER_CPU" "$SERVER_BIN" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
+    HERALD_HISTORY__STORE=memory HERALD_HISTORY__SIZE=10000 HERALD_TLS__ENABLED=${HERALD_TLS__ENABLED:-false} taskset -c "$SERVER_CPU" "$SERVER_BIN" serve --listen "127.0.0.1:$HERALD_PORT" --workers 1 \
         --log-level warn 2>"$WORK/herald.log" &
     SERVER_PIDS=$!
     URLS=(--sub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --pub-url "http://127.0.0.1:$HERALD_PORT/sse/{channel}" --body json)
     wait_for_port "$HERALD_PORT"
 }
+
+# Herald with TLS on (a temporary self-signed certificate; the bench does not check it):
+# herald-tls is HTTP/1.1 over TLS, herald-h2 HTTP/2 over TLS (by ALPN, as browsers connect),
+# herald-h2c HTTP/2 without TLS. Publishers use HTTP/1.1 on the same listener throughout.
+start_herald_tls() {
+    HERALD_TLS__ENABLED=true start_herald
+    URLS=(--sub-url "https://127.0.0.1:$HERALD_PORT/sse/{channel}" --pub-url "https://127.0.0.1:$HERALD_PORT/sse/{channel}" --body json)
+}
+start_herald-tls() { start_herald_tls; }
+start_herald-h2() { start_herald_tls; URLS+=(--http2); }
+start_herald-h2c() { start_herald; URLS+=(--http2); }
 
 start_nchan() {
     mkdir -p "$WORK/nchan"
@@ -175,6 +186,20 @@ for rep in $(seq "$REPEAT"); do
         fresh_run "$server" "1x1000@max4" --subscribers 1000 --channels 1 --publishers 4
         fresh_run "$server" "1x1000@max16" --subscribers 1000 --channels 1 --publishers 16
         fresh_run "$server" "1000x10@max16" --subscribers 10000 --channels 1000 --publishers 16
+    done
+done
+# The same fan-out over TLS and HTTP/2, beside plain HTTP/1.1 run in the same rounds, and what
+# an idle subscriber costs over each (over HTTP/2: streams, 100 to a connection).
+echo "== over TLS and HTTP/2"
+for server in herald herald-tls herald-h2 herald-h2c; do
+    "start_$server"
+    run_bench "$server" proto-idle idle --connections "$IDLE" --hold 3s
+    stop_server
+done
+for rep in $(seq "$REPEAT"); do
+    for server in herald herald-tls herald-h2 herald-h2c; do
+        fresh_run "$server" "proto-1x1000@max4" --subscribers 1000 --channels 1 --publishers 4
+        fresh_run "$server" "proto-1000x10@max16" --subscribers 10000 --channels 1000 --publishers 16
     done
 done
 for server in herald nchan; do

@@ -223,6 +223,52 @@ def targets_section(md, runs, big):
     md.append("")
 
 
+PROTOCOLS = [
+    ("herald", "HTTP/1.1"),
+    ("herald-tls", "HTTP/1.1 over TLS"),
+    ("herald-h2", "HTTP/2 over TLS (ALPN)"),
+    ("herald-h2c", "HTTP/2 without TLS"),
+]
+
+
+def protocols_section(md, runs):
+    """Herald's fan-out and idle memory over TLS and HTTP/2, beside plain HTTP/1.1 measured in
+    the same rounds."""
+    plain = {w: runs.get(("herald", w)) for w in ("proto-1x1000@max4", "proto-1000x10@max16")}
+    if not any(plain.values()):
+        return
+    md.append("## Over TLS and HTTP/2\n")
+    md.append(
+        "Herald with `tls.enabled = true` (a temporary certificate), the subscribers over HTTP/1.1 "
+        "through TLS, over HTTP/2 through TLS (as browsers connect), and over HTTP/2 without TLS; "
+        "publishers on HTTP/1.1 (through TLS where it is on). HTTP/2 streams are opened 100 to a "
+        "connection. Plain HTTP/1.1 ran in the same rounds; medians of the rounds, ratios to it.\n"
+    )
+    md.append("| subscribers over | idle: server RSS per stream | 1 × 1,000, 4 publishers: delivered per server CPU-s | p99 ms | 1,000 × 10, 16 publishers: delivered per server CPU-s | p99 ms |")
+    md.append("|---|---|---|---|---|---|")
+    base_idle = runs.get(("herald", "proto-idle"))
+    for server, label in PROTOCOLS:
+        cells = [label]
+        idle = runs.get((server, "proto-idle"))
+        per = idle and idle["report"].get("server_rss_per_connection")
+        cells.append(f"{fmt_int(per)} B" if per else "—")
+        for w in ("proto-1x1000@max4", "proto-1000x10@max16"):
+            run, base = runs.get((server, w)), plain.get(w)
+            if not run:
+                cells += ["—", "—"]
+                continue
+            got = per_cpu(run)
+            rel = f" ({got / per_cpu(base):.2f}×)" if base and per_cpu(base) and server != "herald" else ""
+            lost = run["report"]["lost"] + run["report"]["duplicated"] + run["report"]["reordered"]
+            flag = f", {lost} lost/dup/reordered" if lost else ""
+            cells += [f"{fmt_int(got)}{rel}{flag}", fmt_ms(p99(run))]
+        md.append("| " + " | ".join(cells) + " |")
+    md.append("")
+    if base_idle:
+        md.append("Idle memory is the server's RSS growth divided by the streams held (HTTP/2: per stream, "
+                  "with 100 streams sharing each connection's TLS session and buffers).\n")
+
+
 def kernel_floor(connections):
     """The kernel floor measured in this run over the most connections up to `connections`: of
     those measurements, the one allowing the most writes per CPU-second (the ceiling most
@@ -444,6 +490,8 @@ def main():
     for w in big:
         n = w.split("@")[0].split("x")[1]
         fanout_section(md, runs, w, f"1 channel × {int(n):,} subscribers at 50 publishes/s")
+
+    protocols_section(md, runs)
 
     md.append("## Commands\n")
     md.append("Servers (started by the script; `$WORK` is a temporary directory):\n")

@@ -219,7 +219,13 @@ async fn a_full_disk_refuses_publishes_reports_not_ready_and_recovers_when_space
     let disk = SmallDisk::mount(200);
     // Room the test gives back later.
     std::fs::write(disk.path().join("filler"), vec![1u8; 70 << 20]).unwrap();
-    let node = Node::start(disk.path());
+    // With its debug listener, whose /readyz an orchestrator watches.
+    let debug_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = herald(disk.path());
+    command.env("HERALD_DEBUG__LISTEN", format!("127.0.0.1:{debug_port}"));
+    let node = Node::spawn(command, &["--log-level", "info"]);
+    let readyz = format!("http://127.0.0.1:{debug_port}/readyz");
+    support::eventually(async || http().get(&readyz).send().await.is_ok_and(|r| r.status() == 200)).await;
     let mut acked = Vec::new();
     let mut refused = 0;
     for i in 0..2000u64 {
@@ -240,10 +246,15 @@ async fn a_full_disk_refuses_publishes_reports_not_ready_and_recovers_when_space
     assert_eq!(health.status(), 503, "not ready while the store cannot be written");
     let health: serde_json::Value = health.json().await.unwrap();
     assert!(health["store_error"].as_str().is_some_and(|e| e.contains("not writable")), "{health}");
+    let ready = http().get(&readyz).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "/readyz says not ready too");
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "store unavailable", "{ready}");
 
     // Space comes back: the hub reopens its store by itself and takes publishes again.
     std::fs::remove_file(disk.path().join("filler")).unwrap();
     support::eventually(async || http().get(node.url("/healthz")).send().await.unwrap().status() == 200).await;
+    assert_eq!(http().get(&readyz).send().await.unwrap().status(), 200, "ready again");
     acked.extend(publish(&node, "/sse/full", json!({ "data": "after" })).await);
     // Exactly the acknowledged events, in order: none of the refused ones.
     let stats: serde_json::Value = http().get(node.url("/stats")).send().await.unwrap().json().await.unwrap();

@@ -8,14 +8,14 @@
 
 use super::server_proc::{CpuTimes, ServerProc};
 use super::target::{BodyMode, PublishRequest, UrlTemplate, channel_name, read_payload, subscribe_request, write_payload};
-use super::wire::{DataLines, Dechunker, Framing, connect, read_response_head};
+use super::transport::{self, Alpn, Conn, H2};
+use super::wire::{DataLines, Dechunker, Framing, read_response_head};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
@@ -146,6 +146,7 @@ pub async fn run(
     sub_url: &UrlTemplate,
     pub_url: &UrlTemplate,
     body: BodyMode,
+    h2: Option<usize>,
     server: Option<&ServerProc>,
 ) -> anyhow::Result<FanoutReport> {
     if args.subscribers == 0 || args.channels == 0 || args.publishers == 0 {
@@ -166,7 +167,7 @@ pub async fn run(
         budget: Cell::new(args.events.unwrap_or(u64::MAX)),
     });
 
-    let subscribers = open_subscribers(args, sub_url, &run).await?;
+    let subscribers = open_subscribers(args, sub_url, h2, &run).await?;
 
     let cpu_before = server.map(ServerProc::cpu).transpose()?;
     let started = Instant::now();
@@ -265,16 +266,41 @@ pub async fn run(
 async fn open_subscribers(
     args: &FanoutArgs,
     url: &UrlTemplate,
+    h2: Option<usize>,
     run: &Rc<Run>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let gate = Rc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    // Over HTTP/2, subscriber i opens its stream on connection i / streams_per_connection.
+    let mut h2_conns = Vec::new();
+    if let Some(per) = h2 {
+        for c in 0..args.subscribers.div_ceil(per) {
+            h2_conns.push(H2::open(url, c).await?);
+        }
+    }
+    let h2_conns = Rc::new(h2_conns);
     let ready = Rc::new(Cell::new(0usize));
     let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
     let mut tasks = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let (run, url, gate, ready, failed) = (run.clone(), url.clone(), gate.clone(), ready.clone(), failed.clone());
+        let h2_conn = h2.map(|per| h2_conns[i / per].clone());
         tasks.push(tokio::task::spawn_local(async move {
             let permit = gate.acquire().await.expect("semaphore is never closed");
+            if let Some(conn) = h2_conn {
+                let channel = channel_name(run.seen.borrow()[i].channel);
+                let opened = conn.subscribe(&url, &url.path(&channel)).await;
+                drop(permit);
+                return match opened {
+                    Ok(body) => {
+                        ready.set(ready.get() + 1);
+                        read_h2_events(body, i, &run).await
+                    }
+                    Err(e) => {
+                        failed.borrow_mut().get_or_insert(e);
+                        Ok(())
+                    }
+                };
+            }
             let opened = open_subscriber(&url, i, &run).await;
             drop(permit);
             match opened {
@@ -305,9 +331,9 @@ async fn open_subscribers(
     Ok(tasks)
 }
 
-async fn open_subscriber(url: &UrlTemplate, i: usize, run: &Run) -> anyhow::Result<(TcpStream, Vec<u8>, Framing)> {
+async fn open_subscriber(url: &UrlTemplate, i: usize, run: &Run) -> anyhow::Result<(Conn, Vec<u8>, Framing)> {
     let channel = channel_name(run.seen.borrow()[i].channel);
-    let mut stream = connect(url.addr, i).await.with_context(|| format!("connect to {}", url.addr))?;
+    let mut stream = transport::open(url, i, Alpn::Http1).await?;
     stream.write_all(&subscribe_request(url, &channel)).await?;
     let mut leftover = Vec::new();
     let head = read_response_head(&mut stream, &mut leftover).await?;
@@ -317,11 +343,11 @@ async fn open_subscriber(url: &UrlTemplate, i: usize, run: &Run) -> anyhow::Resu
     Ok((stream, leftover, head.framing))
 }
 
-/// Reads a subscription until the run ends (the task is aborted) or the server closes it.
-async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: usize, run: &Run) -> anyhow::Result<()> {
+/// What subscriber `i` does with the body bytes it reads: events counted and timed.
+fn consumer<'a>(run: &'a Run, i: usize, framing: Framing) -> impl FnMut(&[u8]) -> anyhow::Result<()> + 'a {
     let mut lines = DataLines::default();
     let mut chunked = (framing == Framing::Chunked).then(|| (Dechunker::default(), Vec::new()));
-    let mut consume = |bytes: &[u8]| -> anyhow::Result<()> {
+    move |bytes: &[u8]| -> anyhow::Result<()> {
         let now = run.now_us();
         let mut seen = run.seen.borrow_mut();
         let seen = &mut seen[i];
@@ -344,7 +370,30 @@ async fn read_events(stream: TcpStream, leftover: Vec<u8>, framing: Framing, i: 
         }
         run.delivered.set(run.delivered.get() + count);
         Ok(())
-    };
+    }
+}
+
+/// Reads an HTTP/2 subscription until the run ends or the server ends the stream.
+async fn read_h2_events(mut body: h2::RecvStream, i: usize, run: &Run) -> anyhow::Result<()> {
+    let mut consume = consumer(run, i, Framing::UntilClose);
+    loop {
+        match transport::next_data(&mut body).await {
+            Ok(Some(data)) => consume(&data)?,
+            Ok(None) => {
+                run.seen.borrow_mut()[i].disconnected = true;
+                return Ok(());
+            }
+            Err(e) => {
+                run.seen.borrow_mut()[i].disconnected = true;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Reads a subscription until the run ends (the task is aborted) or the server closes it.
+async fn read_events(stream: Conn, leftover: Vec<u8>, framing: Framing, i: usize, run: &Run) -> anyhow::Result<()> {
+    let mut consume = consumer(run, i, framing);
     consume(&leftover)?;
     drop(leftover);
     let mut stream = stream;
@@ -403,7 +452,7 @@ async fn publish_loop(
     let requests: Vec<PublishRequest> = (0..channels).map(|c| PublishRequest::new(url, &channel_name(c), body)).collect();
     let mut seqs = vec![0u64; channels];
     let (mut payload, mut request, mut response) = (Vec::new(), Vec::new(), Vec::new());
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Conn> = None;
     let mut next_due = tokio::time::Instant::now();
     let mut turn = first_channel(me, publishers, channels);
     while tokio::time::Instant::now() < deadline && run.budget.get() > 0 {
@@ -418,7 +467,7 @@ async fn publish_loop(
         let k = turn % channels;
         turn += 1;
         if stream.is_none() {
-            stream = Some(connect(url.addr, 1000 + turn).await.with_context(|| format!("connect to {}", url.addr))?);
+            stream = Some(transport::open(url, 1000 + turn, Alpn::Http1).await?);
             response.clear();
         }
         let conn = stream.as_mut().expect("connected above");
@@ -454,7 +503,7 @@ fn note_error(run: &Run, message: String) {
 
 /// Sends one request and reads its answer; `response` ends up holding the body. Returns the
 /// status and whether the connection can be used again.
-async fn exchange(stream: &mut TcpStream, request: &[u8], response: &mut Vec<u8>) -> anyhow::Result<(u16, bool)> {
+async fn exchange(stream: &mut Conn, request: &[u8], response: &mut Vec<u8>) -> anyhow::Result<(u16, bool)> {
     response.clear();
     stream.write_all(request).await?;
     let head = read_response_head(stream, response).await?;

@@ -2,12 +2,12 @@
 
 use super::server_proc::ServerProc;
 use super::target::{UrlTemplate, channel_name, subscribe_request};
-use super::wire::{connect, read_response_head};
+use super::transport::{self, Alpn, Conn, H2};
+use super::wire::read_response_head;
 use anyhow::{Context, bail};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
@@ -37,7 +37,7 @@ pub struct IdleReport {
     pub server_rss_per_connection: Option<f64>,
 }
 
-pub async fn run(args: &IdleArgs, sub_url: &UrlTemplate, server: Option<&ServerProc>) -> anyhow::Result<IdleReport> {
+pub async fn run(args: &IdleArgs, sub_url: &UrlTemplate, h2: Option<usize>, server: Option<&ServerProc>) -> anyhow::Result<IdleReport> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -45,13 +45,24 @@ pub async fn run(args: &IdleArgs, sub_url: &UrlTemplate, server: Option<&ServerP
     let started = Instant::now();
     let url = Rc::new(sub_url.clone());
     let gate = Rc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    // Over HTTP/2, `connections` streams on connections of `streams_per_connection` each.
+    let mut h2_conns = Vec::new();
+    if let Some(per) = h2 {
+        for c in 0..args.connections.div_ceil(per) {
+            h2_conns.push(H2::open(&url, c).await?);
+        }
+    }
     let mut opening = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let (url, gate) = (url.clone(), gate.clone());
         let channel = channel_name(i % args.channels.max(1));
+        let h2_conn = h2.map(|per| h2_conns[i / per].clone());
         opening.push(tokio::task::spawn_local(async move {
             let _permit = gate.acquire().await.expect("semaphore is never closed");
-            open_one(&url, &channel, i).await
+            match h2_conn {
+                Some(conn) => conn.subscribe(&url, &url.path(&channel)).await.map(Held::Stream),
+                None => open_one(&url, &channel, i).await.map(Held::Conn),
+            }
         }));
     }
     let mut held = Vec::with_capacity(args.connections);
@@ -77,7 +88,7 @@ pub async fn run(args: &IdleArgs, sub_url: &UrlTemplate, server: Option<&ServerP
         _ => None,
     };
     let report = IdleReport {
-        mode: "idle",
+        mode: if h2.is_some() { "idle-h2" } else { "idle" },
         connections: held.len(),
         failed,
         connect_seconds,
@@ -89,9 +100,16 @@ pub async fn run(args: &IdleArgs, sub_url: &UrlTemplate, server: Option<&ServerP
     Ok(report)
 }
 
+/// An open subscription, held until the report is made.
+#[allow(dead_code)]
+enum Held {
+    Conn(Conn),
+    Stream(h2::RecvStream),
+}
+
 /// Opens one subscription and waits for its response head.
-async fn open_one(url: &UrlTemplate, channel: &str, i: usize) -> anyhow::Result<TcpStream> {
-    let mut stream = connect(url.addr, i).await.with_context(|| format!("connect to {}", url.addr))?;
+async fn open_one(url: &UrlTemplate, channel: &str, i: usize) -> anyhow::Result<Conn> {
+    let mut stream = transport::open(url, i, Alpn::Http1).await?;
     stream.write_all(&subscribe_request(url, channel)).await?;
     let mut buf = Vec::new();
     let head = read_response_head(&mut stream, &mut buf).await?;

@@ -14,17 +14,24 @@ pub enum BodyMode {
     Raw,
 }
 
-/// `http://host:port/path` where the path holds `{channel}`.
+/// `http://host:port/path` or `https://…` where the path holds `{channel}`.
 #[derive(Debug, Clone)]
 pub struct UrlTemplate {
     pub addr: SocketAddr,
+    /// `https://`: connections are made over TLS (the server's certificate is not checked: the
+    /// bench measures, it does not authenticate).
+    pub tls: bool,
     host: String,
     path: String,
 }
 
 impl UrlTemplate {
     pub fn parse(template: &str, allow_remote: bool) -> anyhow::Result<Self> {
-        let rest = template.strip_prefix("http://").with_context(|| format!("`{template}`: only http:// URLs are supported"))?;
+        let (tls, rest) = match (template.strip_prefix("http://"), template.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            _ => bail!("`{template}`: only http:// and https:// URLs are supported"),
+        };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if !path.contains("{channel}") {
             bail!("`{template}`: the path must contain {{channel}}");
@@ -32,7 +39,7 @@ impl UrlTemplate {
         let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
@@ -42,7 +49,7 @@ impl UrlTemplate {
         if !allow_remote && !addr.ip().is_loopback() {
             bail!("`{template}` is not a loopback address; pass --allow-remote to load another machine");
         }
-        Ok(UrlTemplate { addr, host: authority.to_owned(), path: path.to_owned() })
+        Ok(UrlTemplate { addr, tls, host: authority.to_owned(), path: path.to_owned() })
     }
 
     pub fn path(&self, channel: &str) -> String {
@@ -171,7 +178,10 @@ mod tests {
         let url = UrlTemplate::parse("http://127.0.0.1:8080/pub/{channel}?x=1", false).unwrap();
         assert_eq!(url.path("a"), "/pub/a?x=1");
         assert!(UrlTemplate::parse("http://127.0.0.1:8080/pub", false).is_err());
-        assert!(UrlTemplate::parse("https://127.0.0.1/{channel}", false).is_err());
+        assert!(UrlTemplate::parse("ftp://127.0.0.1/{channel}", false).is_err());
+        let tls = UrlTemplate::parse("https://127.0.0.1/{channel}", false).unwrap();
+        assert!(tls.tls && tls.addr.port() == 443);
+        assert!(!url.tls);
         let mut out = Vec::new();
         PublishRequest::new(&url, "c", BodyMode::Json).write(b"1 2 ", &mut out);
         let text = String::from_utf8(out).unwrap();

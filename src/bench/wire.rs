@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opens connection number `i` to `addr`.
@@ -34,7 +34,7 @@ pub struct ResponseHead {
 
 /// Reads a response head into `buf` (which may already hold bytes), removing it from `buf`;
 /// what follows the head stays in `buf`.
-pub async fn read_response_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<ResponseHead> {
+pub async fn read_response_head<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> anyhow::Result<ResponseHead> {
     loop {
         if let Some((len, head)) = parse_response_head(buf)? {
             buf.drain(..len);

@@ -67,6 +67,18 @@ pub struct Config {
     /// How long shutdown waits for connections to finish after streams are ended.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// At shutdown every stream ends with this `retry:` hint, so that clients come back soon
+    /// (to another node, or to this one restarted) rather than after their usual delay. Each
+    /// stream gets a value between half and one and a half times it, so that reconnections
+    /// spread out instead of arriving at once. `0s`: no hint.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_retry: Duration,
+    /// TCP keep-alive on accepted connections: after this long without traffic the kernel
+    /// probes the peer, and a peer that is gone (a laptop closed, a NAT that forgot the
+    /// connection) is found after three unanswered probes 10 s apart and its stream ended.
+    /// `0s`: off.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
     pub limits: Limits,
     pub history: HistoryConfig,
     pub cluster: ClusterConfig,
@@ -77,6 +89,36 @@ pub struct Config {
     /// Brokers and upstream streams events are taken from.
     pub sources: Vec<sources::SourceConfig>,
     pub debug: DebugConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS on the public listener (HTTP/2 is offered to TLS clients by ALPN, and taken without TLS
+/// from clients that speak it directly).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Serve HTTPS instead of plain HTTP.
+    pub enabled: bool,
+    /// PEM certificate chain, end-entity certificate first. Empty (with `enabled`): a
+    /// temporary self-signed certificate is made at start-up and a warning logged.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: std::path::PathBuf,
+    /// How often the two files are checked for a change (they are reloaded when they change,
+    /// and on SIGHUP). `0s`: on SIGHUP only.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            cert_file: std::path::PathBuf::new(),
+            key_file: std::path::PathBuf::new(),
+            watch_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The debug listener, apart from the public one: liveness, readiness and the effective
@@ -150,6 +192,20 @@ pub struct Limits {
     /// body that stalls longer is answered 408 and its connection closed.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// How long a client may take to send a request head, which is also how long a keep-alive
+    /// connection may sit idle between requests before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest request head (request line and header fields); a longer one is answered 431.
+    pub max_head_size: ByteSize,
+    /// Most header fields in one request; more is answered 431.
+    pub max_headers: usize,
+    /// How long a write to a subscriber may wait for its socket to drain. A client that stops
+    /// reading (a frozen tab, a dead network path the kernel has not noticed) has its stream
+    /// ended after this, with the reason `write timeout`, rather than holding its buffers
+    /// forever. `0s`: no limit.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +344,8 @@ impl Default for Config {
             lag_policy: LagPolicy::Notify,
             dedupe_window: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(10),
+            shutdown_retry: Duration::from_secs(1),
+            tcp_keepalive: Duration::from_secs(60),
             limits: Limits::default(),
             history: HistoryConfig::default(),
             cluster: ClusterConfig::default(),
@@ -296,6 +354,7 @@ impl Default for Config {
             channels: Vec::new(),
             sources: Vec::new(),
             debug: DebugConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -310,6 +369,10 @@ impl Default for Limits {
             max_users_per_event: 1000,
             write_batch: ByteSize::kib(64),
             body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_head_size: ByteSize::kib(16),
+            max_headers: 64,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -345,10 +408,29 @@ impl Default for CorsConfig {
 /// memory than any machine has.
 pub const MAX_HISTORY_SIZE: usize = 10_000_000;
 
+/// Upper bound on `limits.max_headers`.
+pub const MAX_HEADERS: usize = 256;
+
 impl Config {
     /// Checks what serde's types cannot. Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
+        let tls = &self.tls;
+        if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {
+            return bad("tls.key_file", "tls.cert_file and tls.key_file go together".into());
+        }
+        if !tls.enabled && !tls.cert_file.as_os_str().is_empty() {
+            return bad("tls.enabled", "tls.cert_file is set but TLS is off: set tls.enabled = true".into());
+        }
+        if self.limits.max_headers == 0 || self.limits.max_headers > MAX_HEADERS {
+            return bad("limits.max_headers", format!("must be between 1 and {MAX_HEADERS}"));
+        }
+        if self.limits.max_head_size.0 < 1024 || self.limits.max_head_size.0 > 1024 * 1024 {
+            return bad("limits.max_head_size", "must be between 1KiB and 1MiB".into());
+        }
+        if self.limits.header_read_timeout.is_zero() {
+            return bad("limits.header_read_timeout", "must be more than 0s".into());
+        }
         if !self.debug.listen.is_empty() {
             match self.debug.listen.parse::<SocketAddr>() {
                 Err(_) => {

@@ -6,6 +6,7 @@
 use super::ApiError;
 use super::event_stream::{self, Handoff};
 use super::rewind::Rewind;
+use super::socket::Socket;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -15,16 +16,9 @@ use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Longest request head looked at here; a longer one is left to hyper (which refuses it).
-const MAX_HEAD: usize = 16 * 1024;
-/// Most header fields looked at here.
-const MAX_HEADERS: usize = 64;
-/// How long a client may take to send its request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response body collected here to be written with a length is one of ours: small JSON.
 const MAX_PLAIN_BODY: usize = 1024 * 1024;
 /// Largest publish body read here; a larger one goes to hyper (and the body limits).
@@ -37,6 +31,14 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// `limits.body_read_timeout`.
     pub body_read_timeout: Duration,
+    /// `limits.header_read_timeout`: for a request head, and for an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// `limits.max_head_size`.
+    pub max_head: usize,
+    /// `limits.max_headers`.
+    pub max_headers: usize,
+    /// `limits.write_timeout`, when it is on.
+    pub write_timeout: Option<Duration>,
 }
 
 /// What the first request head turned out to be.
@@ -56,11 +58,14 @@ enum Head {
     /// may read it one way and this server the other (request smuggling), so it is refused with
     /// 400 and the connection closed, whichever path would have served it.
     Ambiguous,
+    /// A head longer than `limits.max_head_size` or with more than `limits.max_headers`
+    /// fields: refused with 431 and the connection closed.
+    TooLarge,
     /// Anything else: hyper's to serve.
     Other,
 }
 
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::Arc<Shared>) {
+pub async fn serve<S: Socket>(mut stream: S, peer: SocketAddr, shared: std::sync::Arc<Shared>) {
     // A stream lives for hours and holds its task all that time, so the task is kept to what a
     // stream needs: the requests before it are served in a future of their own on the heap
     // (a future keeps room for every local that lives across one of its awaits, the request,
@@ -68,7 +73,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: std::sync::A
     let mut next = Box::pin(serve_requests(&mut stream, peer, &shared)).await;
     match &mut next {
         Next::Stream(open) => {
-            if let Err(e) = event_stream::pump(&mut stream, open).await {
+            if let Err(e) = event_stream::pump(&mut stream, open, shared.write_timeout).await {
                 tracing::debug!(%peer, error = %e, "event stream ended with an error");
             }
         }
@@ -93,10 +98,11 @@ enum Next {
 /// Serves the connection's requests, one after another on a keep-alive connection, until one
 /// is a subscription (returned, for [`serve`] to stream) or the connection is hyper's to serve
 /// or done.
-async fn serve_requests(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared) -> Next {
+async fn serve_requests<S: Socket>(stream: &mut S, peer: SocketAddr, shared: &Shared) -> Next {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let Some(Some(head)) = within(shared, HEADER_READ_TIMEOUT, read_head(stream, &mut buf)).await else { return Next::Done };
+        let read = read_head(stream, &mut buf, shared.max_head, shared.max_headers);
+        let Some(Some(head)) = within(shared, shared.header_read_timeout, read).await else { return Next::Done };
         let (mut request, len, keep_alive) = match head {
             Head::Subscribe { request, len, keep_alive } => (request, len, keep_alive),
             Head::Publish { mut request, len, body_len, keep_alive } => {
@@ -114,6 +120,14 @@ async fn serve_requests(stream: &mut TcpStream, peer: SocketAddr, shared: &Share
             }
             Head::Ambiguous => {
                 let error = ApiError::bad_request("Transfer-Encoding and Content-Length in one request: send one of them");
+                refuse(stream, &error).await;
+                return Next::Done;
+            }
+            Head::TooLarge => {
+                let error = ApiError::new(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!("request head over {} bytes or {} header fields", shared.max_head, shared.max_headers),
+                );
                 refuse(stream, &error).await;
                 return Next::Done;
             }
@@ -168,7 +182,7 @@ async fn within<T>(shared: &Shared, limit: Duration, read: impl Future<Output = 
 }
 
 /// Answers `error` and closes the connection: what is left of the request cannot be trusted.
-async fn refuse(stream: &mut TcpStream, error: &ApiError) {
+async fn refuse<S: Socket>(stream: &mut S, error: &ApiError) {
     let body = error.json_body();
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = error.status;
@@ -176,12 +190,13 @@ async fn refuse(stream: &mut TcpStream, error: &ApiError) {
     let mut out = event_stream::response_head(&parts, event_stream::BodyLength::Exact(body.len()), true);
     out.extend_from_slice(&body);
     let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
 
 /// Reads until `buf` holds `total` bytes (a request head and its body). `false` when the
 /// client closed first.
-async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> bool {
+async fn read_body<S: Socket>(stream: &mut S, buf: &mut Vec<u8>, total: usize) -> bool {
     while buf.len() < total {
         buf.reserve(total - buf.len());
         match stream.read_buf(buf).await {
@@ -196,14 +211,17 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, total: usize) -> b
 /// (pipelined after the previous request) come first. `None` when the client closed first.
 /// The head is parsed once, when its blank line has arrived: each read only looks at its own
 /// bytes for it, so a client sending one byte at a time costs no more than one sending it whole.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Head> {
+async fn read_head<S: Socket>(stream: &mut S, buf: &mut Vec<u8>, max_head: usize, max_headers: usize) -> Option<Head> {
     let mut scanned = 0;
     loop {
         if let Some(end) = head_end(buf, scanned) {
-            return Some(parse_head(&buf[..end]));
+            if end > max_head {
+                return Some(Head::TooLarge);
+            }
+            return Some(parse_head(&buf[..end], max_headers));
         }
-        if buf.len() >= MAX_HEAD {
-            return Some(Head::Other);
+        if buf.len() >= max_head {
+            return Some(Head::TooLarge);
         }
         scanned = buf.len();
         if buf.capacity() - buf.len() < 512 {
@@ -233,12 +251,15 @@ fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
 }
 
 /// Looks at a request head without allocating unless it is a subscription.
-fn parse_head(buf: &[u8]) -> Head {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+fn parse_head(buf: &[u8], max_headers: usize) -> Head {
+    // Left uninitialised: httparse writes the fields it finds (zeroing room for the most a
+    // configuration allows would cost every request).
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; crate::config::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields[..max_headers.min(crate::config::MAX_HEADERS)]) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
         Err(_) => return Head::Other,
     };
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else { return Head::Other };
@@ -310,7 +331,7 @@ fn content_length(value: &[u8]) -> Option<usize> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-async fn serve_with_hyper(prefix: Bytes, stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+async fn serve_with_hyper<S: Socket>(prefix: Bytes, stream: S, peer: SocketAddr, shared: &Shared) {
     let service = TowerToHyperService::new(shared.app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         req
@@ -344,18 +365,19 @@ mod tests {
         // Every idle subscriber is one of these futures, alive for hours: the request, the
         // router's future and the response must not be kept in it. In a debug build it was
         // 1,184 bytes when they were, 464 since.
-        let size = future_size(serve);
+        let size = future_size(serve::<tokio::net::TcpStream>);
         assert!(size <= 640, "conn::serve's future is {size} bytes: is something large awaited in it rather than boxed?");
     }
 
     fn kind(raw: &[u8]) -> &'static str {
-        match parse_head(raw) {
+        match parse_head(raw, 64) {
             Head::Subscribe { keep_alive: true, .. } => "subscribe",
             Head::Subscribe { keep_alive: false, .. } => "subscribe-close",
             Head::Publish { keep_alive: true, .. } => "publish",
             Head::Publish { keep_alive: false, .. } => "publish-close",
             Head::Partial => "partial",
             Head::Ambiguous => "ambiguous",
+            Head::TooLarge => "too large",
             Head::Other => "other",
         }
     }

@@ -6,8 +6,11 @@
 //! place); it leaves the subscription in a [`Handoff`] that the connection takes over. Over
 //! HTTP/2, hyper polls the same handoff as an ordinary response body.
 
+use super::socket::Socket;
 use crate::access::Admission;
 use crate::hub::Subscription;
+use crate::telemetry::access::StreamEnd;
+use crate::telemetry::counters;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
@@ -16,8 +19,8 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A subscription waiting for whoever serves the response: carried as a response extension
 /// (for the socket path) and as the response body (for hyper).
@@ -137,16 +140,23 @@ pub struct OpenStream {
 
 /// Writes the head and then the subscription's output until the stream ends or the client
 /// goes, as chunks when the length is [`BodyLength::Chunked`]. The stream is borrowed, not
-/// taken, so that the connection's task holds it once.
-pub async fn pump(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
-    let result = pump_inner(stream, open).await;
-    if result.is_err() {
-        open.sub.set_end(crate::telemetry::access::StreamEnd::WriteFailed);
+/// taken, so that the connection's task holds it once. A write that waits longer than
+/// `write_timeout` for the socket to drain ends the stream.
+pub async fn pump<S: Socket>(stream: &mut S, open: &mut OpenStream, write_timeout: Option<Duration>) -> io::Result<()> {
+    let result = pump_inner(stream, open, write_timeout).await;
+    if let Err(e) = &result {
+        let end = if e.kind() == io::ErrorKind::TimedOut {
+            counters::write_timed_out();
+            StreamEnd::WriteTimeout
+        } else {
+            StreamEnd::WriteFailed
+        };
+        open.sub.set_end(end);
     }
     result
 }
 
-async fn pump_inner(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result<()> {
+async fn pump_inner<S: Socket>(stream: &mut S, open: &mut OpenStream, write_timeout: Option<Duration>) -> io::Result<()> {
     let chunked = open.length == BodyLength::Chunked;
     let sub = &mut open.sub;
     // The head and the preamble (always ready) leave in one write.
@@ -159,25 +169,24 @@ async fn pump_inner(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result
         }
         sub.sent();
     }
-    stream.write_all(&first).await?;
+    write_within(stream, &first, false, write_timeout).await?;
     drop(first);
     loop {
         let next = std::future::poll_fn(|cx| match sub.poll_pending(cx) {
             Poll::Ready(more) => Poll::Ready(Some(more)),
             // Only a stream with nothing to write needs to watch for the client going away: a
             // write to a closed connection fails by itself.
-            Poll::Pending if peer_closed(stream, cx) => Poll::Ready(None),
+            Poll::Pending if stream.poll_peer_closed(cx) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         })
         .await;
         match next {
-            Some(true) if chunked => chunk::write(stream, sub.pending()).await?,
-            Some(true) => stream.write_all(sub.pending()).await?,
+            Some(true) => write_within(stream, sub.pending(), chunked, write_timeout).await?,
             // The hub is closing or the lag policy ended the stream: end it cleanly (a chunked
             // body with its last chunk, so the client can tell an end from a cut).
             Some(false) => {
                 if chunked {
-                    stream.write_all(chunk::LAST).await?;
+                    write_within(stream, chunk::LAST, false, write_timeout).await?;
                 }
                 return stream.shutdown().await;
             }
@@ -187,13 +196,19 @@ async fn pump_inner(stream: &mut TcpStream, open: &mut OpenStream) -> io::Result
     }
 }
 
+/// Writes `data` (as one chunk when `chunked`) and flushes it (TLS holds what the socket did
+/// not take), failing with `TimedOut` when the socket does not drain within `limit`.
+fn write_within<'a, S: Socket>(stream: &'a mut S, data: &'a [u8], chunked: bool, limit: Option<Duration>) -> chunk::StreamWrite<'a, S> {
+    chunk::StreamWrite::new(stream, data, chunked, limit)
+}
+
 /// HTTP/1.1 chunks (RFC 9112, section 7.1), written without copying the data.
 mod chunk {
     use std::io::{self, IoSlice};
     use std::pin::Pin;
     use std::task::{Context, Poll};
+    use std::time::Duration;
     use tokio::io::AsyncWrite;
-    use tokio::net::TcpStream;
 
     /// The last chunk, with no trailer fields.
     pub const LAST: &[u8] = b"0\r\n\r\n";
@@ -224,47 +239,71 @@ mod chunk {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Writes `data` as one chunk: size line, data and CRLF leave in one `writev`, so a
-    /// chunked write costs the system call a close-delimited one does. An empty write is
-    /// skipped, as an empty chunk would end the body.
-    pub fn write<'a>(stream: &'a mut TcpStream, data: &'a [u8]) -> WriteChunk<'a> {
-        let mut line = [0u8; SIZE_LINE];
-        let line_len = if data.is_empty() { 0 } else { size_line(data.len(), &mut line) as u8 };
-        WriteChunk { stream, data, line, line_len, written: 0 }
-    }
-
-    /// The write in flight. Kept small on purpose: it is part of every stream's task, idle ones
-    /// included, so it holds the size line and a count, and makes its `IoSlice`s on each poll.
-    pub struct WriteChunk<'a> {
-        stream: &'a mut TcpStream,
+    /// One write of a stream: `data` (with its size line and CRLF around it when chunked, all
+    /// in one `writev`, so a chunked write costs the system call a close-delimited one does),
+    /// then a flush. An empty chunk is skipped, as it would end the body. The write's clock
+    /// starts only if the socket is full: a write that completes at once, nearly all of them,
+    /// reads no clock and arms no timer.
+    ///
+    /// Kept small on purpose: it is part of every stream's task, idle ones included, so it
+    /// holds the size line and a count, makes its `IoSlice`s on each poll, and boxes its timer.
+    pub struct StreamWrite<'a, S> {
+        stream: &'a mut S,
         data: &'a [u8],
         line: [u8; SIZE_LINE],
         line_len: u8,
+        /// Bytes of the CRLF after the data: 2 when chunked.
+        tail: u8,
         written: usize,
+        limit: Option<Duration>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
-    impl Future for WriteChunk<'_> {
+    impl<'a, S: AsyncWrite + Unpin> StreamWrite<'a, S> {
+        pub fn new(stream: &'a mut S, data: &'a [u8], chunked: bool, limit: Option<Duration>) -> Self {
+            let mut line = [0u8; SIZE_LINE];
+            let framed = chunked && !data.is_empty();
+            let line_len = if framed { size_line(data.len(), &mut line) as u8 } else { 0 };
+            // An empty chunk is never written: nothing to write but the flush.
+            let data = if chunked && data.is_empty() { &[][..] } else { data };
+            StreamWrite { stream, data, line, line_len, tail: if framed { 2 } else { 0 }, written: 0, limit, deadline: None }
+        }
+
+        /// The socket is full: `Pending` until it drains, or `TimedOut` once `limit` has passed.
+        fn wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let Some(limit) = self.limit else { return Poll::Pending };
+            let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading (limits.write_timeout)")))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> Future for StreamWrite<'_, S> {
         type Output = io::Result<()>;
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             let this = self.get_mut();
-            let line = &this.line[..usize::from(this.line_len)];
-            if line.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let total = line.len() + this.data.len() + 2;
+            let total = usize::from(this.line_len) + this.data.len() + usize::from(this.tail);
             while this.written < total {
-                let mut parts = [IoSlice::new(line), IoSlice::new(this.data), IoSlice::new(b"\r\n")];
+                let line = &this.line[..usize::from(this.line_len)];
+                let mut parts = [IoSlice::new(line), IoSlice::new(this.data), IoSlice::new(&b"\r\n"[..usize::from(this.tail)])];
                 let mut left = &mut parts[..];
                 IoSlice::advance_slices(&mut left, this.written);
                 match Pin::new(&mut *this.stream).poll_write_vectored(cx, left) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => this.written += n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => return this.wait(cx),
                 }
             }
-            Poll::Ready(Ok(()))
+            match Pin::new(&mut *this.stream).poll_flush(cx) {
+                Poll::Ready(done) => Poll::Ready(done),
+                Poll::Pending => this.wait(cx),
+            }
         }
     }
 
@@ -283,6 +322,29 @@ mod chunk {
             assert_eq!(&line[..n], b"ffffffffffffffff\r\n");
         }
 
+        #[tokio::test]
+        async fn a_write_the_reader_does_not_drain_times_out_and_one_it_drains_does_not() {
+            let (mut ours, _theirs) = tokio::io::duplex(16);
+            let data = [b'x'; 64];
+            let err = StreamWrite::new(&mut ours, &data, true, Some(Duration::from_millis(50))).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            // Drained as it goes: done, framed as one chunk.
+            let (mut ours, mut theirs2) = tokio::io::duplex(16);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut theirs2, &mut got).await.unwrap();
+                got
+            });
+            StreamWrite::new(&mut ours, &data, true, Some(Duration::from_secs(5))).await.unwrap();
+            StreamWrite::new(&mut ours, b"", true, Some(Duration::from_secs(5))).await.unwrap();
+            StreamWrite::new(&mut ours, LAST, false, None).await.unwrap();
+            drop(ours);
+            let mut want = b"40\r\n".to_vec();
+            want.extend_from_slice(&data);
+            want.extend_from_slice(b"\r\n0\r\n\r\n");
+            assert_eq!(reader.await.unwrap(), want);
+        }
+
         #[test]
         fn an_empty_chunk_is_never_put() {
             let mut out = Vec::new();
@@ -292,27 +354,4 @@ mod chunk {
             assert_eq!(out, b"9\r\ndata: x\n\n\r\n");
         }
     }
-}
-
-/// Whether the client has closed its side. An event stream has nothing more to read, so
-/// whatever arrives (a careless client's pipelined bytes) is read and dropped; a stack buffer
-/// is enough for that, so an idle connection holds no read buffer.
-fn peer_closed(stream: &TcpStream, cx: &mut Context<'_>) -> bool {
-    // A client that keeps sending gets no more than this many reads per wake-up.
-    for _ in 0..16 {
-        match stream.poll_read_ready(cx) {
-            Poll::Pending => return false,
-            Poll::Ready(Err(_)) => return true,
-            Poll::Ready(Ok(())) => {}
-        }
-        let mut sink = [0u8; 512];
-        match stream.try_read(&mut sink) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return true,
-        }
-    }
-    cx.waker().wake_by_ref();
-    false
 }

@@ -78,6 +78,11 @@ impl Page {
             ("herald_lag_notices", "Times a subscriber was told it fell behind history (lag_policy).", counted.lag_notices),
             ("herald_events_skipped", "Events lagging subscribers skipped (evicted before they read them).", counted.lag_skipped),
             ("herald_events_replayed", "Events resuming subscriptions had to catch up on from history when they opened.", counted.replayed),
+            (
+                "herald_write_timeouts",
+                "Streams ended because their socket stopped draining for limits.write_timeout.",
+                counted.write_timeouts,
+            ),
         ];
         for (name, help, value) in counts {
             page.add(name, help, Value::Counter(value));

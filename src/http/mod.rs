@@ -11,8 +11,10 @@ mod publish;
 mod requests;
 mod rewind;
 pub mod server;
+mod socket;
 mod stats;
 mod subscribe;
+mod tls;
 
 pub use error::ApiError;
 

@@ -2,8 +2,10 @@
 //! HTTP/1 subscriptions itself and everything else with hyper; plus graceful shutdown and the
 //! hub's background upkeep.
 
-use super::conn::{self, HEADER_READ_TIMEOUT, Shared};
+use super::conn::{self, Shared};
 use super::router;
+use super::socket;
+use super::tls::ServerTls;
 use crate::hub::Hub;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,14 +42,28 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         let stop = debug_stop.clone();
         tokio::spawn(super::debug::serve(debug_listener, hub.clone(), sources.clone(), async move { stop.cancelled().await }));
     }
+    let limits = &hub.config().limits;
+    let tls = ServerTls::from_config(&hub.config().tls, listener.local_addr()?).map_err(std::io::Error::other)?.map(Arc::new);
+    let tls_watch = tls.as_ref().map(|tls| tokio::spawn(tls.clone().watch(hub.config().tls.watch_interval)));
     let mut hyper = auto::Builder::new(TokioExecutor::new());
-    hyper.http1().max_buf_size(MAX_CONN_BUFFER).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    hyper
+        .http1()
+        .max_buf_size(MAX_CONN_BUFFER)
+        .max_headers(limits.max_headers)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    hyper.http2().max_header_list_size(u32::try_from(limits.max_head_size.0).unwrap_or(u32::MAX)).timer(TokioTimer::new());
     let shared = Arc::new(Shared {
         app: router(hub.clone(), sources).map_err(std::io::Error::other)?,
         hyper,
         shutdown: CancellationToken::new(),
-        body_read_timeout: hub.config().limits.body_read_timeout,
+        body_read_timeout: limits.body_read_timeout,
+        header_read_timeout: limits.header_read_timeout,
+        max_head: limits.max_head_size.as_usize(),
+        max_headers: limits.max_headers,
+        write_timeout: (!limits.write_timeout.is_zero()).then_some(limits.write_timeout),
     });
+    let tcp_keepalive = hub.config().tcp_keepalive;
     if hub.config().access.anonymous_publish == crate::config::access::AnonymousPublish::Anyone {
         tracing::warn!("access.anonymous_publish = \"anyone\": any address can publish to channels without publish rules");
     }
@@ -95,9 +111,16 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(conn::serve(stream, peer, shared.clone()));
+        socket::set_keepalive(&stream, tcp_keepalive);
+        match &tls {
+            None => connections.spawn(conn::serve(stream, peer, shared.clone())),
+            Some(tls) => connections.spawn(serve_tls(stream, peer, tls.clone(), shared.clone())),
+        };
     }
     drop(listener);
+    if let Some(task) = tls_watch {
+        task.abort();
+    }
     tracing::info!("shutting down: ending streams");
     shared.shutdown.cancel();
     hub.close();
@@ -116,6 +139,28 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
     // Last: an orchestrator sees the node not ready (`/readyz` 503) while it drains.
     debug_stop.cancel();
     Ok(())
+}
+
+/// Completes the TLS handshake (within `limits.header_read_timeout`), then serves the
+/// connection as any other: HTTP/1 on the fast paths, HTTP/2 (chosen by ALPN) with hyper.
+async fn serve_tls(stream: tokio::net::TcpStream, peer: SocketAddr, tls: Arc<ServerTls>, shared: Arc<Shared>) {
+    // Boxed: the handshake's state is large and not needed once it is done.
+    let handshake = Box::pin(tls.acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = tokio::time::timeout(shared.header_read_timeout, handshake) => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = shared.shutdown.cancelled() => return,
+    };
+    conn::serve(stream, peer, shared).await;
 }
 
 /// How long the accept loop pauses after failures: 10 ms, doubling to 1 s, with one warning per

@@ -334,7 +334,7 @@ impl Subscription {
         if self.hub.is_closing() {
             self.set_end(StreamEnd::Shutdown);
             self.finished = true;
-            return Poll::Ready(false);
+            return Poll::Ready(self.put_shutdown_retry());
         }
         if self.ends_at != 0 && super::unix_now() >= u64::from(self.ends_at) {
             self.set_end(StreamEnd::TokenExpired);
@@ -378,6 +378,24 @@ impl Subscription {
             }
         }
         Poll::Pending
+    }
+
+    /// At shutdown: a `retry:` line of about `shutdown_retry` (between half and one and a half
+    /// times it, spread by the subscription's address so that clients do not all come back in
+    /// the same millisecond), with no blank line after it, as in the preamble. Whether there
+    /// is one.
+    fn put_shutdown_retry(&mut self) -> bool {
+        let base = self.hub.config().shutdown_retry.as_millis() as u64;
+        if base == 0 {
+            return false;
+        }
+        // Fibonacci hashing of the waker's address: cheap, and different per subscription.
+        let spread = (Arc::as_ptr(&self.waker) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let millis = base / 2 + spread % base.max(1);
+        self.buf.put_slice(b"retry: ");
+        self.buf.put_slice(itoa::Buffer::new().format(millis.max(1)).as_bytes());
+        self.buf.put_u8(b'\n');
+        true
     }
 
     /// The bytes made ready by [`poll_pending`](Self::poll_pending).

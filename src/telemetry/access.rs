@@ -77,6 +77,8 @@ pub enum StreamEnd {
     HistoryReset,
     /// Writing to its socket failed.
     WriteFailed,
+    /// Its socket stopped draining for longer than `limits.write_timeout`.
+    WriteTimeout,
 }
 
 impl StreamEnd {
@@ -88,6 +90,7 @@ impl StreamEnd {
             StreamEnd::Lagged => "lagged",
             StreamEnd::HistoryReset => "history reset",
             StreamEnd::WriteFailed => "write failed",
+            StreamEnd::WriteTimeout => "write timeout",
         }
     }
 }

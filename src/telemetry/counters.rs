@@ -41,6 +41,7 @@ struct Shard {
     lag_notices: AtomicU64,
     lag_skipped: AtomicU64,
     replayed: AtomicU64,
+    write_timeouts: AtomicU64,
     /// Answers by status class, 1xx to 5xx.
     http: [AtomicU64; 5],
     publish: Buckets,
@@ -121,6 +122,11 @@ pub fn replaying(events: u64) {
     with(|s| bump(&s.replayed, events));
 }
 
+/// A subscriber's stream ended because its socket stopped draining (`limits.write_timeout`).
+pub fn write_timed_out() {
+    with(|s| bump(&s.write_timeouts, 1));
+}
+
 /// An HTTP answer on the public listener.
 pub fn http_answer(status: http::StatusCode) {
     let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
@@ -170,6 +176,7 @@ pub struct Totals {
     pub lag_notices: u64,
     pub lag_skipped: u64,
     pub replayed: u64,
+    pub write_timeouts: u64,
     pub http: [u64; 5],
     pub publish: Histogram,
     pub delay: Histogram,
@@ -186,6 +193,7 @@ pub fn totals() -> Totals {
         t.lag_notices += load(&s.lag_notices);
         t.lag_skipped += load(&s.lag_skipped);
         t.replayed += load(&s.replayed);
+        t.write_timeouts += load(&s.write_timeouts);
         for (total, c) in t.http.iter_mut().zip(&s.http) {
             *total += load(c);
         }

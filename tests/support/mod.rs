@@ -123,6 +123,7 @@ pub fn http() -> reqwest::Client {
 /// One open event stream.
 pub struct Sse {
     pub status: reqwest::StatusCode,
+    pub version: reqwest::Version,
     pub headers: reqwest::header::HeaderMap,
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     parser: Parser,
@@ -136,14 +137,20 @@ impl Sse {
     }
 
     pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut req = http().get(url);
+        Self::open_on(&http(), url, headers).await
+    }
+
+    /// Opened with a client of the test's own (one that trusts a test certificate, say).
+    pub async fn open_on(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut req = client.get(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let resp = tokio::time::timeout(WAIT, req.send()).await.expect("response headers in time").unwrap();
         let status = resp.status();
+        let version = resp.version();
         let headers = resp.headers().clone();
-        Sse { status, headers, stream: resp.bytes_stream().boxed(), parser: Parser::new(), pending: VecDeque::new(), ended: false }
+        Sse { status, version, headers, stream: resp.bytes_stream().boxed(), parser: Parser::new(), pending: VecDeque::new(), ended: false }
     }
 
     /// The next item, or `None` when the stream ended. Panics after `WAIT`.
