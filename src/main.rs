@@ -257,6 +257,8 @@ async fn serve(config: herald::config::Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     tokio::spawn(on_hangup());
     herald::http::server::serve(listener, hub, shutdown_signal()).await?;
+    // Off the runtime's threads: the exporter's last send blocks until the collector answers.
+    tokio::task::spawn_blocking(herald::telemetry::otlp::shutdown).await?;
     Ok(())
 }
 

@@ -84,6 +84,33 @@ async fn a_debug_token_guards_every_debug_route() {
 }
 
 #[tokio::test]
+async fn debug_stats_moves_the_stats_page_behind_the_debug_token() {
+    let port = free_port();
+    let server = TestServer::with(|c| {
+        c.debug.listen = format!("127.0.0.1:{port}");
+        c.debug.token = "dbg-t0ken".into();
+        c.debug.stats = true;
+    })
+    .await;
+    let debug = debug_url(port).await;
+    server.publish_data("counted", "x").await;
+    assert_eq!(http().get(server.url("/stats")).send().await.unwrap().status(), 404, "gone from the public listener");
+    assert_eq!(http().get(format!("{debug}/stats")).send().await.unwrap().status(), 401);
+    let page = http().get(format!("{debug}/stats?limit=10")).bearer_auth("dbg-t0ken").send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page: serde_json::Value = page.json().await.unwrap();
+    assert_eq!(page["channels"]["counted"]["published"], 1, "{page}");
+    let bad = http().get(format!("{debug}/stats?limit=0")).bearer_auth("dbg-t0ken").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    server.shutdown().await;
+    // Without a debug listener there is nowhere to move it.
+    let mut config = herald::config::Config::default();
+    config.debug.listen = String::new();
+    config.debug.stats = true;
+    assert!(config.validate().unwrap_err().to_string().contains("debug.stats"));
+}
+
+#[tokio::test]
 async fn herald_serve_listens_for_debug_on_127_0_0_1_9139_and_a_second_server_says_why_it_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = herald(dir.path());

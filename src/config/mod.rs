@@ -90,6 +90,51 @@ pub struct Config {
     pub sources: Vec<sources::SourceConfig>,
     pub debug: DebugConfig,
     pub tls: TlsConfig,
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry traces exported over OTLP/HTTP (docs/operations.md, "Tracing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    pub enabled: bool,
+    /// The collector: `http://127.0.0.1:4318` (the traces path `/v1/traces` is added) or the
+    /// full URL of its traces endpoint. Jaeger, Tempo and the OpenTelemetry Collector take OTLP.
+    pub endpoint: String,
+    /// `http/protobuf` (the OTLP default) or `http/json`.
+    pub protocol: OtlpProtocol,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+    /// Share of the traces started here that are kept, 0 to 1; a trace continued from a
+    /// caller's `traceparent` keeps the caller's decision.
+    pub sample_ratio: f64,
+    /// How long one export may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Headers sent with every export (a collector's API key, say); redacted in `herald config`.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            endpoint: String::new(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            service_name: "herald".into(),
+            sample_ratio: 1.0,
+            timeout: Duration::from_secs(10),
+            headers: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 /// TLS on the public listener (HTTP/2 is offered to TLS clients by ALPN, and taken without TLS
@@ -130,11 +175,13 @@ pub struct DebugConfig {
     pub listen: String,
     /// A bearer token every request to it must carry; empty: none.
     pub token: String,
+    /// Serve `/stats` here instead of on the public listener (where it then answers 404).
+    pub stats: bool,
 }
 
 impl Default for DebugConfig {
     fn default() -> Self {
-        DebugConfig { listen: "127.0.0.1:9139".into(), token: String::new() }
+        DebugConfig { listen: "127.0.0.1:9139".into(), token: String::new(), stats: false }
     }
 }
 
@@ -355,6 +402,7 @@ impl Default for Config {
             sources: Vec::new(),
             debug: DebugConfig::default(),
             tls: TlsConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -415,6 +463,15 @@ impl Config {
     /// Checks what serde's types cannot. Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
+        if self.tracing.enabled && self.tracing.endpoint.is_empty() {
+            return bad(
+                "tracing.endpoint",
+                "tracing.enabled needs the collector's OTLP/HTTP endpoint, such as http://127.0.0.1:4318".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return bad("tracing.sample_ratio", "must be between 0 and 1".into());
+        }
         let tls = &self.tls;
         if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {
             return bad("tls.key_file", "tls.cert_file and tls.key_file go together".into());
@@ -430,6 +487,9 @@ impl Config {
         }
         if self.limits.header_read_timeout.is_zero() {
             return bad("limits.header_read_timeout", "must be more than 0s".into());
+        }
+        if self.debug.stats && self.debug.listen.is_empty() {
+            return bad("debug.stats", "moves /stats to the debug listener, which debug.listen turns off".into());
         }
         if !self.debug.listen.is_empty() {
             match self.debug.listen.parse::<SocketAddr>() {

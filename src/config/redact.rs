@@ -3,7 +3,7 @@
 use super::Config;
 
 /// Key fragments whose values are never printed.
-const SECRET_KEYS: &[&str] = &["password", "secret", "token", "private_key"];
+const SECRET_KEYS: &[&str] = &["password", "secret", "token", "private_key", "authorization", "api-key", "api_key", "cookie"];
 
 /// The configuration as TOML, with secret values and URL passwords replaced.
 pub fn redacted_toml(config: &Config) -> String {

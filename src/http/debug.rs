@@ -6,6 +6,7 @@
 //!   writable, the bus and every required source connected), 503 with the reason otherwise.
 //! - `GET /config`: the effective configuration as TOML, secrets redacted.
 //! - `GET /metrics`: Prometheus text format (see `metrics.rs`).
+//! - `GET /stats`: with `debug.stats`, the public `/stats` page moved here.
 //!
 //! With `debug.token` set, every request must carry `Authorization: Bearer <token>`: 401
 //! without it, 403 with another (compared in constant time).
@@ -29,13 +30,18 @@ struct DebugState {
 
 pub fn router(hub: Arc<Hub>, sources: Arc<Sources>) -> Router {
     let token: Arc<str> = hub.config().debug.token.as_str().into();
+    let with_stats = hub.config().debug.stats;
     let state = DebugState { hub, sources, token };
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/config", get(config))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /config, /metrics\n") })
+        .route("/metrics", get(metrics));
+    if with_stats {
+        router = router.route("/stats", get(stats));
+    }
+    router
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: /healthz, /readyz, /config, /metrics (and /stats with debug.stats)\n") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -78,6 +84,15 @@ async fn ready(State(state): State<DebugState>) -> Response {
 async fn metrics(State(state): State<DebugState>) -> impl IntoResponse {
     // The exposition format's content type, version 0.0.4.
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], super::metrics::render(&state.hub, &state.sources))
+}
+
+/// `/stats` moved here by `debug.stats`: the same page, behind the debug token instead of the
+/// public listener's access rules.
+async fn stats(State(state): State<DebugState>, axum::extract::RawQuery(raw): axum::extract::RawQuery) -> Response {
+    match super::stats::page(&state.hub, &state.sources, raw) {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn config(State(state): State<DebugState>) -> impl IntoResponse {

@@ -43,8 +43,12 @@ pub fn router(hub: Arc<Hub>, sources: Arc<crate::sources::Sources>) -> Result<Ro
     let gate = Arc::new(Gate::new(hub.config())?);
     let token_route = (!hub.config().access.postgres.dsn.is_empty() && !hub.config().access.postgres.route.is_empty())
         .then(|| hub.config().access.postgres.route.clone());
+    let stats_here = !hub.config().debug.stats;
     let state = AppState { hub, cors, gate, sources };
     let mut router = Router::new();
+    if stats_here {
+        router = router.route("/stats", get(stats::stats));
+    }
     if let Some(route) = token_route {
         // Validated: literal segments and {channel}, {user}, {token}, which is axum's syntax too.
         router = router.route(&route, get(subscribe::by_token_route));
@@ -53,7 +57,6 @@ pub fn router(hub: Arc<Hub>, sources: Arc<crate::sources::Sources>) -> Result<Ro
         .route("/sse", get(subscribe::by_query))
         .route("/sse/{*channel}", get(subscribe::by_path).post(publish::to_path))
         .route("/publish", post(publish::to_body))
-        .route("/stats", get(stats::stats))
         .route("/healthz", get(stats::healthz))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(gate::layer))

@@ -1,7 +1,8 @@
 //! Every request on the public listener: its id (`X-Request-Id`, taken from the client or
-//! made), its count by status class, the publish latency, and its access-log line.
+//! made), its count by status class, the publish latency, its access-log line, and (with
+//! `tracing.enabled`) its span.
 
-use crate::telemetry::{access, counters, request_id};
+use crate::telemetry::{access, counters, otlp, request_id};
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -29,8 +30,17 @@ pub async fn layer(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let publish =
         method == http::Method::POST && route.as_ref().is_some_and(|r| r.as_str() == "/publish" || r.as_str().starts_with("/sse/"));
-    let mut resp = request_id::scope(id.clone(), next.run(req)).await;
+    // A span for the publish, continuing the caller's trace, when traces are exported.
+    let span = (publish && otlp::enabled()).then(|| otlp::publish_span(req.headers(), route.as_ref().map_or("", MatchedPath::as_str), &id));
+    let answer = request_id::scope(id.clone(), next.run(req));
+    let mut resp = match &span {
+        Some(span) => tracing::Instrument::instrument(answer, span.clone()).await,
+        None => answer.await,
+    };
     let status = resp.status();
+    if let Some(span) = &span {
+        otlp::record_status(span, status);
+    }
     counters::http_answer(status);
     let took = started.elapsed();
     if publish {

@@ -61,7 +61,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         header_read_timeout: limits.header_read_timeout,
         max_head: limits.max_head_size.as_usize(),
         max_headers: limits.max_headers,
-        write_timeout: (!limits.write_timeout.is_zero()).then_some(limits.write_timeout),
+        write_timeout: super::event_stream::WriteTimeout::new(limits.write_timeout),
     });
     let tcp_keepalive = hub.config().tcp_keepalive;
     if hub.config().access.anonymous_publish == crate::config::access::AnonymousPublish::Anyone {

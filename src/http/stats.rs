@@ -25,6 +25,12 @@ pub struct StatsPage {
 
 pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker: Asker) -> Result<Json<StatsPage>, ApiError> {
     state.gate.stats(&asker.checkpoint, &asker.facts(b"")).await?;
+    page(&state.hub, &state.sources, raw).map(Json)
+}
+
+/// The page `?limit=&after=` asks for (on the public listener, or on the debug one with
+/// `debug.stats`).
+pub fn page(hub: &crate::hub::Hub, sources: &crate::sources::Sources, raw: Option<String>) -> Result<StatsPage, ApiError> {
     let mut limit = DEFAULT_PAGE;
     let mut after = None;
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
@@ -40,7 +46,7 @@ pub async fn stats(State(state): State<AppState>, RawQuery(raw): RawQuery, asker
             other => return Err(ApiError::bad_request(format!("unknown query parameter `{other}` (limit, after)"))),
         }
     }
-    Ok(Json(StatsPage { hub: state.hub.stats(limit, after.as_deref()), sources: state.sources.reports() }))
+    Ok(StatsPage { hub: hub.stats(limit, after.as_deref()), sources: sources.reports() })
 }
 
 /// `200 {"status":"ok"}` when the node can take publishes; `503` while shutting down, while the

@@ -341,6 +341,15 @@ impl Hub {
     /// cluster, given to the bus, which may find it published already: then nothing is
     /// appended, and the ids are the first publish's, with `true`).
     async fn publish_keyed(&self, items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<(Vec<String>, bool), PublishError> {
+        let span = crate::telemetry::otlp::hub_publish_span(items.len());
+        tracing::Instrument::instrument(self.publish_keyed_inner(items, claim), span).await
+    }
+
+    async fn publish_keyed_inner(
+        &self,
+        items: Vec<Publication>,
+        claim: Option<&dedupe::Claimed>,
+    ) -> Result<(Vec<String>, bool), PublishError> {
         if let Some(bus) = self.bus.get() {
             let outgoing: Vec<Outgoing> = items
                 .into_iter()
@@ -457,7 +466,9 @@ impl Hub {
         }
         match appended? {
             Appended::Visible(targets) => wake_targets(targets),
-            Appended::Settling(settling) => settling.wait().await?,
+            Appended::Settling(settling) => {
+                tracing::Instrument::instrument(settling.wait(), crate::telemetry::otlp::store_sync_span()).await?
+            }
             Appended::Nothing => {}
         }
         Ok(events)

@@ -1,14 +1,17 @@
-//! What Herald tells its operators: logs (this module), access-log lines ([`access`]), and the
-//! counters behind `/metrics` ([`counters`]).
+//! What Herald tells its operators: logs (this module), access-log lines ([`access`]), the
+//! counters behind `/metrics` ([`counters`]), and OpenTelemetry traces ([`otlp`]).
 
 pub mod access;
 pub mod counters;
 mod log_file;
+pub mod otlp;
 pub mod request_id;
 
 use crate::config::{Config, LogColor, LogFormat};
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The log file, when logs go to one: reopened on SIGHUP (see [`reopen_log_file`]).
 static LOG_FILE: OnceLock<log_file::LogFile> = OnceLock::new();
@@ -32,6 +35,8 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
     if !config.access_log {
         filter = filter.add_directive(format!("{}=off", access::TARGET).parse().expect("a valid directive"));
     }
+    // Trace spans are for the OpenTelemetry layer only.
+    filter = filter.add_directive(format!("{}=off", otlp::TARGET).parse().expect("a valid directive"));
     let to_file = !config.log_file.as_os_str().is_empty();
     let ansi = match config.log_color {
         // Colour codes only for a person at a terminal (and not one who asked for none): files
@@ -40,24 +45,44 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
         LogColor::Always => true,
         LogColor::Never => false,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
-    let installed = if to_file {
+    let file = if to_file {
         let file = log_file::LogFile::open(&config.log_file)
             .map_err(|e| anyhow::anyhow!("configuration key `log_file`: cannot open {} for appending: {e}", config.log_file.display()))?;
-        let file = LOG_FILE.get_or_init(|| file);
-        let builder = builder.with_writer(file);
-        match config.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init(),
-        }
+        Some(LOG_FILE.get_or_init(|| file))
     } else {
-        let builder = builder.with_writer(std::io::stderr);
-        match config.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init(),
+        None
+    };
+    let installed = match otlp::provider(&config.tracing)? {
+        // Without traces the filter is the subscriber's own: no per-layer bookkeeping on every
+        // event.
+        None => tracing_subscriber::registry().with(filter).with(log_layer(config.log_format, ansi, file)).try_init(),
+        Some(provider) => {
+            let spans = tracing_subscriber::filter::Targets::new().with_target(otlp::TARGET, tracing::Level::TRACE);
+            tracing_subscriber::registry()
+                .with(log_layer(config.log_format, ansi, file).with_filter(filter))
+                .with(otlp::layer(&provider).with_filter(spans))
+                .try_init()
         }
     };
     installed.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The layer that writes log lines: text or JSON, to the log file or stderr.
+fn log_layer<S>(format: LogFormat, ansi: bool, file: Option<&'static log_file::LogFile>) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let layer = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    match (format, file) {
+        (LogFormat::Text, Some(file)) => layer.with_writer(file).boxed(),
+        (LogFormat::Text, None) => layer.with_writer(std::io::stderr).boxed(),
+        (LogFormat::Json, Some(file)) => {
+            layer.json().flatten_event(true).with_current_span(false).with_span_list(false).with_writer(file).boxed()
+        }
+        (LogFormat::Json, None) => {
+            layer.json().flatten_event(true).with_current_span(false).with_span_list(false).with_writer(std::io::stderr).boxed()
+        }
+    }
 }
 
 /// Opens the log file again under its name (after logrotate moved it away); a no-op when logs
