@@ -7,6 +7,7 @@
 #
 #   bash bench/compare.sh            # full run, about 10 minutes once built
 #   QUICK=1 bash bench/compare.sh    # short runs, to check the script itself
+#   PROTO_REPEAT=1 bash bench/compare.sh   # one round (not REPEAT) of the TLS and HTTP/2 block
 #   SERVER_BIN=/path/to/old/herald DOCS_DIR=/tmp/before bash bench/compare.sh
 #                                    # another herald build as the server (a "before" run); the
 #                                    # load generator is still this tree's
@@ -196,7 +197,7 @@ for server in herald herald-tls herald-h2 herald-h2c; do
     run_bench "$server" proto-idle idle --connections "$IDLE" --hold 3s
     stop_server
 done
-for rep in $(seq "$REPEAT"); do
+for rep in $(seq "${PROTO_REPEAT:-$REPEAT}"); do
     for server in herald herald-tls herald-h2 herald-h2c; do
         fresh_run "$server" "proto-1x1000@max4" --subscribers 1000 --channels 1 --publishers 4
         fresh_run "$server" "proto-1000x10@max16" --subscribers 10000 --channels 1000 --publishers 16
