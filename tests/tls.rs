@@ -16,8 +16,17 @@ fn pair(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// A client that trusts only the CA in `ca`.
 fn trusting(ca: &Path) -> reqwest::Client {
+    trusting_builder(ca).pool_max_idle_per_host(0).timeout(WAIT).build().unwrap()
+}
+
+/// The same, speaking HTTP/1.1 only (no ALPN `h2`).
+fn trusting_http1(ca: &Path) -> reqwest::Client {
+    trusting_builder(ca).http1_only().build().unwrap()
+}
+
+fn trusting_builder(ca: &Path) -> reqwest::ClientBuilder {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-    reqwest::Client::builder().tls_certs_only([ca]).pool_max_idle_per_host(0).timeout(WAIT).build().unwrap()
+    reqwest::Client::builder().tls_certs_only([ca])
 }
 
 async fn tls_server(cert: &Path, key: &Path, tweak: impl FnOnce(&mut herald::config::Config)) -> TestServer {
@@ -70,11 +79,7 @@ async fn a_given_certificate_serves_https_to_reqwest_and_curl_over_http1_and_htt
     let client = trusting(&ca);
 
     // HTTP/1.1 over TLS: the socket fast path streams through the TLS layer.
-    let h1 = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = trusting_http1(&ca);
     let mut sse = Sse::open_on(&h1, &https(&server, "/sse/a"), &[]).await;
     assert_eq!((sse.status.as_u16(), sse.version), (200, reqwest::Version::HTTP_11));
     // ALPN picks HTTP/2 for a client that offers it.
@@ -155,8 +160,7 @@ async fn many_event_streams_share_one_http2_connection() {
     let server = tls_server(&cert, &key, |_| {}).await;
     // One client: HTTP/2 multiplexes every request on one connection (browsers do the same,
     // lifting HTTP/1's six connections per host).
-    let client =
-        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()]).build().unwrap();
+    let client = trusting_builder(&ca).build().unwrap();
     const STREAMS: usize = 60;
     let mut streams = Vec::new();
     for i in 0..STREAMS {
@@ -199,11 +203,7 @@ async fn a_renewed_certificate_is_served_without_dropping_open_streams() {
     let server = tls_server(&cert, &key, |c| c.tls.watch_interval = Duration::from_millis(100)).await;
     let (old, new) = (trusting(&ca_one), trusting(&ca_two));
     let mut h1 = Sse::open_on(&old, &https(&server, "/sse/r"), &[]).await;
-    let h1_only = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca_one).unwrap()).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1_only = trusting_http1(&ca_one);
     let mut h1_fast = Sse::open_on(&h1_only, &https(&server, "/sse/r"), &[]).await;
     assert!(new.get(https(&server, "/stats")).send().await.is_err(), "the second CA is not trusted yet");
 
