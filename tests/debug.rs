@@ -1,9 +1,10 @@
-//! The debug listener: liveness, readiness (a required source that is down makes the node not
-//! ready), the effective configuration with its secrets redacted, a bearer token in front of
+//! The debug listener: liveness, readiness (a required source or the cluster bus that is down
+//! makes the node not ready, and ready again when it is back), the effective configuration with its secrets redacted, a bearer token in front of
 //! all of it, and its default address, which a second server on the machine cannot take.
 
 mod support;
 
+use support::nats::PrivateNats;
 use support::process::{Served, herald};
 use support::sources::source;
 use support::{TestServer, eventually, http};
@@ -52,6 +53,55 @@ async fn the_debug_listener_serves_liveness_readiness_and_the_redacted_configura
     assert_eq!(http().get(server.url("/readyz")).send().await.unwrap().status(), 404);
     assert_eq!(http().get(format!("{debug}/stats")).send().await.unwrap().status(), 404);
     server.shutdown().await;
+}
+
+/// Runs `f` on `nats` off the runtime's threads (it waits for the process), and gives it back.
+async fn blocking(mut nats: PrivateNats, f: fn(&mut PrivateNats)) -> PrivateNats {
+    tokio::task::spawn_blocking(move || {
+        f(&mut nats);
+        nats
+    })
+    .await
+    .unwrap()
+}
+
+/// `/readyz`'s status and body.
+async fn readyz(debug: &str) -> (u16, serde_json::Value) {
+    let resp = http().get(format!("{debug}/readyz")).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_cluster_bus_and_a_required_source_away_and_back() {
+    // Each on a NATS server of the test's own, which it stops and starts again.
+    let mut bus = PrivateNats::start();
+    let mut broker = PrivateNats::start();
+    let port = free_port();
+    let (bus_url, broker_url) = (bus.url(), broker.url());
+    let server = TestServer::with(|c| {
+        c.debug.listen = format!("127.0.0.1:{port}");
+        c.cluster.bus = bus_url;
+        c.cluster.stream = "readyz".into();
+        c.sources = vec![source(&format!("name = \"feed\"\ntype = \"nats\"\nurl = \"{broker_url}\"\nsubjects = [\"x\"]\nrequired = true"))];
+    })
+    .await;
+    let debug = debug_url(port).await;
+    eventually(async || readyz(&debug).await.0 == 200).await;
+
+    bus = blocking(bus, PrivateNats::stop).await;
+    eventually(async || readyz(&debug).await.1["status"] == "bus unavailable").await;
+    assert_eq!(readyz(&debug).await.0, 503);
+    bus = blocking(bus, PrivateNats::resume).await;
+    eventually(async || readyz(&debug).await.0 == 200).await;
+
+    broker = blocking(broker, PrivateNats::stop).await;
+    eventually(async || readyz(&debug).await.0 == 503).await;
+    let (_, body) = readyz(&debug).await;
+    assert_eq!((body["status"].as_str(), body["sources_down"][0]["name"].as_str()), (Some("source unavailable"), Some("feed")), "{body}");
+    broker = blocking(broker, PrivateNats::resume).await;
+    eventually(async || readyz(&debug).await.0 == 200).await;
+    server.shutdown().await;
+    drop((bus, broker));
 }
 
 #[tokio::test]
