@@ -8,7 +8,7 @@ mod support;
 
 use futures_util::StreamExt;
 use herald::sse::{Item, Parser};
-use support::{TestServer, WAIT};
+use support::{Sse, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -275,4 +275,58 @@ async fn publishes_are_served_on_the_socket_pipelined_split_and_refused_alike() 
     drop(conn);
     server.publish_data("fast", "after").await;
     assert_eq!(sub.data(1).await, ["after"], "the cut publish was not delivered");
+}
+
+#[tokio::test]
+async fn http_root_puts_every_public_route_under_a_prefix_on_every_path() {
+    let server = TestServer::with(|c| c.http_root = "/events/".into()).await;
+    // The socket fast path (HTTP/1.1) and hyper's (HTTP/2) both serve under the root.
+    let mut fast = Sse::open(&server.url("/events/sse/rooted")).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let mut over_h2 = Sse::open_on(&h2, &server.url("/events/sse?channel=rooted"), &[]).await;
+    assert_eq!((fast.status.as_u16(), over_h2.status.as_u16()), (200, 200));
+    let stats: serde_json::Value = support::http().get(server.url("/events/stats")).send().await.unwrap().json().await.unwrap();
+    assert!(stats["totals"].is_object(), "{stats}");
+    support::eventually(async || {
+        let stats: serde_json::Value = support::http().get(server.url("/events/stats")).send().await.unwrap().json().await.unwrap();
+        stats["channels"]["rooted"]["subscribers"] == 2
+    })
+    .await;
+    // Published on the fast path, and through /publish.
+    let one = support::http().post(server.url("/events/sse/rooted")).json(&serde_json::json!({ "data": "one" })).send().await.unwrap();
+    assert_eq!(one.status(), 200);
+    let two = support::http()
+        .post(server.url("/events/publish"))
+        .json(&serde_json::json!({ "channel": "rooted", "data": "two" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), 200, "{}", two.text().await.unwrap());
+    for sse in [&mut fast, &mut over_h2] {
+        assert_eq!(sse.data(2).await, ["one", "two"]);
+    }
+    assert_eq!(support::http().get(server.url("/events/healthz")).send().await.unwrap().status(), 200);
+    // Outside the root, nothing is served, on either path, and the answer says why.
+    for path in ["/sse/rooted", "/stats", "/eventsx/sse/rooted"] {
+        let resp = support::http().get(server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| e.contains(path) && e.contains("http_root")), "{path}: {body}");
+        assert_eq!(h2.get(server.url(path)).send().await.unwrap().status(), 404, "{path} over HTTP/2");
+    }
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"POST /sse/rooted HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{\"data\":\"x\"}").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(support::WAIT, raw.read_to_end(&mut out)).await.unwrap().unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&out));
+
+    let mut config = herald::config::Config::default();
+    for bad in ["events", "/a//b", "/a b", "/a?b"] {
+        config.http_root = bad.into();
+        assert!(config.validate().unwrap_err().to_string().contains("http_root"), "{bad}");
+    }
+    for good in ["/", "/events", "/ocs/v2.php/apps/notifications/api/v1/notifications/"] {
+        config.http_root = good.into();
+        config.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
 }

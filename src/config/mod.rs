@@ -25,6 +25,9 @@ use std::time::Duration;
 pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// Path prefix of every public route (`/events`: subscriptions at `/events/sse/{channel}`),
+    /// as oCIS's `SSE_HTTP_ROOT`. `/`: none.
+    pub http_root: String,
     /// Runtime worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a `tracing` directive list).
@@ -375,6 +378,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_root: "/".into(),
             workers: 0,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -460,6 +464,11 @@ pub const MAX_HISTORY_SIZE: usize = 10_000_000;
 pub const MAX_HEADERS: usize = 256;
 
 impl Config {
+    /// `http_root` as the connections compare it: without a trailing slash, empty for `/`.
+    pub fn http_root_prefix(&self) -> &str {
+        self.http_root.trim_end_matches('/')
+    }
+
     /// Checks what serde's types cannot. Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| Err(ConfigError::Invalid { key: key.to_owned(), message: msg });
@@ -471,6 +480,11 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
             return bad("tracing.sample_ratio", "must be between 0 and 1".into());
+        }
+        let root = &self.http_root;
+        let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        if !root.starts_with('/') || !self.http_root_prefix().split('/').skip(1).all(segment_ok) {
+            return bad("http_root", format!("`{root}` is not a path such as /events (letters, digits and -._~ between slashes)"));
         }
         let tls = &self.tls;
         if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {

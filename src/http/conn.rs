@@ -39,6 +39,8 @@ pub struct Shared {
     pub max_headers: usize,
     /// `limits.write_timeout`.
     pub write_timeout: event_stream::WriteTimeout,
+    /// `http_root` without its trailing slash: empty for `/`.
+    pub root: Box<str>,
 }
 
 /// What the first request head turned out to be.
@@ -101,7 +103,7 @@ enum Next {
 async fn serve_requests<S: Socket>(stream: &mut S, peer: SocketAddr, shared: &Shared) -> Next {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let read = read_head(stream, &mut buf, shared.max_head, shared.max_headers);
+        let read = read_head(stream, &mut buf, shared);
         let Some(Some(head)) = within(shared, shared.header_read_timeout, read).await else { return Next::Done };
         let (mut request, len, keep_alive) = match head {
             Head::Subscribe { request, len, keep_alive } => (request, len, keep_alive),
@@ -212,14 +214,15 @@ async fn read_body<S: Socket>(stream: &mut S, buf: &mut Vec<u8>, total: usize) -
 /// (pipelined after the previous request) come first. `None` when the client closed first.
 /// The head is parsed once, when its blank line has arrived: each read only looks at its own
 /// bytes for it, so a client sending one byte at a time costs no more than one sending it whole.
-async fn read_head<S: Socket>(stream: &mut S, buf: &mut Vec<u8>, max_head: usize, max_headers: usize) -> Option<Head> {
+async fn read_head<S: Socket>(stream: &mut S, buf: &mut Vec<u8>, shared: &Shared) -> Option<Head> {
+    let max_head = shared.max_head;
     let mut scanned = 0;
     loop {
         if let Some(end) = head_end(buf, scanned) {
             if end > max_head {
                 return Some(Head::TooLarge);
             }
-            return Some(parse_head(&buf[..end], max_headers));
+            return Some(parse_head(&buf[..end], shared.max_headers, &shared.root));
         }
         if buf.len() >= max_head {
             return Some(Head::TooLarge);
@@ -251,8 +254,9 @@ fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
     None
 }
 
-/// Looks at a request head without allocating unless it is a subscription.
-fn parse_head(buf: &[u8], max_headers: usize) -> Head {
+/// Looks at a request head without allocating unless it is a subscription. `root` is taken off
+/// the path (see `root.rs`); a path outside it is hyper's to answer.
+fn parse_head(buf: &[u8], max_headers: usize, root: &str) -> Head {
     // Left uninitialised: httparse writes the fields it finds (zeroing room for the most a
     // configuration allows would cost every request).
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; crate::config::MAX_HEADERS];
@@ -275,6 +279,7 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Head {
         "POST" if minor == 1 => true,
         _ => return Head::Other,
     };
+    let Some(path) = super::root::within_target(path, root) else { return Head::Other };
     if !(path == "/sse" || path.starts_with("/sse/") || path.starts_with("/sse?")) {
         return Head::Other;
     }
@@ -333,7 +338,9 @@ fn content_length(value: &[u8]) -> Option<usize> {
 }
 
 async fn serve_with_hyper<S: Socket>(prefix: Bytes, stream: S, peer: SocketAddr, shared: &Shared) {
+    let root = shared.root.clone();
     let service = TowerToHyperService::new(shared.app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        super::root::strip(&mut req, &root);
         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         req
     }));
@@ -372,7 +379,7 @@ mod tests {
     }
 
     fn kind(raw: &[u8]) -> &'static str {
-        match parse_head(raw, 64) {
+        match parse_head(raw, 64, "") {
             Head::Subscribe { keep_alive: true, .. } => "subscribe",
             Head::Subscribe { keep_alive: false, .. } => "subscribe-close",
             Head::Publish { keep_alive: true, .. } => "publish",

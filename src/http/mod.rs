@@ -10,6 +10,7 @@ mod metrics;
 mod publish;
 mod requests;
 mod rewind;
+pub mod root;
 pub mod server;
 mod socket;
 mod stats;
@@ -66,7 +67,16 @@ pub fn router(hub: Arc<Hub>, sources: Arc<crate::sources::Sources>) -> Result<Ro
     Ok(router)
 }
 
-async fn not_found(axum::Extension(checkpoint): axum::Extension<Checkpoint>, uri: http::Uri) -> ApiError {
+async fn not_found(
+    axum::Extension(checkpoint): axum::Extension<Checkpoint>,
+    outside: Option<axum::Extension<root::OutsideRoot>>,
+    uri: http::Uri,
+) -> ApiError {
     checkpoint.public();
-    ApiError::new(http::StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+    match outside {
+        Some(axum::Extension(root::OutsideRoot(path))) => {
+            ApiError::new(http::StatusCode::NOT_FOUND, format!("no route for {path} (the routes are under http_root)"))
+        }
+        None => ApiError::new(http::StatusCode::NOT_FOUND, format!("no route for {}", uri.path())),
+    }
 }

@@ -62,6 +62,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<O
         max_head: limits.max_head_size.as_usize(),
         max_headers: limits.max_headers,
         write_timeout: super::event_stream::WriteTimeout::new(limits.write_timeout),
+        root: hub.config().http_root_prefix().into(),
     });
     let tcp_keepalive = hub.config().tcp_keepalive;
     if hub.config().access.anonymous_publish == crate::config::access::AnonymousPublish::Anyone {
