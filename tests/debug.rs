@@ -262,3 +262,38 @@ async fn metrics_move_as_events_flow() {
     eventually(async || value(&scrape(&debug).await, "herald_subscriptions", &[]) == 0.0).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_channel_series_exist_for_declared_channels_only() {
+    let port = free_port();
+    let declared = |pattern: &str| herald::config::ChannelConfig {
+        pattern: pattern.into(),
+        history_size: None,
+        history_ttl: None,
+        cors: None,
+        access: None,
+    };
+    let server = TestServer::with(|c| {
+        c.debug.listen = format!("127.0.0.1:{port}");
+        c.channels = vec![declared("news"), declared("quiet"), declared("orders/*")];
+    })
+    .await;
+    let debug = debug_url(port).await;
+    let _reader = support::Sse::open(&server.url("/sse/news")).await;
+    support::subscribers(&server, "news", 1).await;
+    for channel in ["news", "news", "orders/1", "invented"] {
+        server.publish_data(channel, "x").await;
+    }
+    let scrape = scrape(&debug).await;
+    let news = [("channel", "news")];
+    assert_eq!(value(&scrape, "herald_channel_subscribers", &news), 1.0);
+    assert_eq!(value(&scrape, "herald_channel_events_published_total", &news), 2.0);
+    assert_eq!(value(&scrape, "herald_channel_history_events", &news), 2.0);
+    assert!(value(&scrape, "herald_channel_history_bytes", &news) > 0.0);
+    assert_eq!(value(&scrape, "herald_channel_events_published_total", &[("channel", "quiet")]), 0.0, "declared, so listed idle");
+    // A pattern's channels and invented ones have no series of their own.
+    let labelled: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().filter(|s| s.metric.starts_with("herald_channel_")).filter_map(|s| s.labels.get("channel")).collect();
+    assert_eq!(labelled.into_iter().collect::<Vec<_>>(), ["news", "quiet"]);
+    server.shutdown().await;
+}

@@ -4,8 +4,9 @@
 //! The hub's own figures (streams, channels, history, sources) are read from what it already
 //! keeps; deliveries, lag, replay, HTTP answers and the latency histograms come from the
 //! per-thread counters of `telemetry::counters`, which cost the hot paths a load and a store
-//! per write. Series are per node, per source and per status class, never per channel, so
-//! their number does not grow with the channels clients invent.
+//! per write. Series are per node, per source, per status class, and per channel only for the
+//! channels declared by name in `[[channels]]`, so their number does not grow with the channels
+//! clients invent.
 
 use crate::hub::Hub;
 use crate::sources::Sources;
@@ -108,6 +109,30 @@ impl Page {
         ];
         for (name, help, h) in histograms {
             page.add(name, help, Value::Histogram(h));
+        }
+        // Per channel only for the channels the configuration declares by name: their number is
+        // the operator's, whatever names clients invent.
+        let declared = hub.declared_channel_stats();
+        if !declared.is_empty() {
+            let per_channel = |name: &'static str, help: &'static str, value: fn(&crate::hub::ChannelStats) -> Value| Family {
+                name,
+                help,
+                samples: declared.iter().map(|(channel, s)| (vec![("channel", channel.to_string())], value(s))).collect(),
+            };
+            page.families.push(per_channel("herald_channel_subscribers", "Open streams reading a declared channel.", |s| {
+                Value::Gauge(s.subscribers as f64)
+            }));
+            page.families.push(per_channel("herald_channel_events_published", "Events published to a declared channel.", |s| {
+                Value::Counter(s.published)
+            }));
+            page.families.push(per_channel("herald_channel_history_events", "Events a declared channel holds in history.", |s| {
+                Value::Gauge(s.history_len as f64)
+            }));
+            page.families.push(per_channel(
+                "herald_channel_history_bytes",
+                "Bytes of the events a declared channel holds in history.",
+                |s| Value::Gauge(s.history_bytes as f64),
+            ));
         }
         let writable = if hub.store().problem().is_none() { 1.0 } else { 0.0 };
         page.families.push(Family {

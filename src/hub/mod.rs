@@ -784,6 +784,22 @@ impl Hub {
         out
     }
 
+    /// The figures of the channels declared by name in `[[channels]]` (not the patterns), in
+    /// declaration order: a set the configuration bounds, for per-channel metrics.
+    pub fn declared_channel_stats(&self) -> Vec<(Arc<str>, ChannelStats)> {
+        let registry = self.channels.read();
+        self.config
+            .channels
+            .iter()
+            .filter(|c| !crate::config::pattern::is_pattern(&c.pattern))
+            .filter_map(|c| registry.get(c.pattern.as_str()))
+            .map(|ch| {
+                let (history_len, history_bytes) = ch.log.stats();
+                (ch.name.clone(), ChannelStats { subscribers: ch.subscribers(), published: ch.published(), history_len, history_bytes })
+            })
+            .collect()
+    }
+
     /// How long shutdown waits for connections once streams are ended.
     pub fn shutdown_timeout(&self) -> Duration {
         self.config.shutdown_timeout
