@@ -78,7 +78,7 @@ async fn alive() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<DebugState>) -> Response {
-    super::stats::readiness(&state.hub, &state.sources)
+    super::stats::readiness(&state.hub, &state.sources, super::stats::Audience::Operator)
 }
 
 async fn metrics(State(state): State<DebugState>) -> impl IntoResponse {

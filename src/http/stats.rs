@@ -55,12 +55,24 @@ pub fn page(hub: &crate::hub::Hub, sources: &crate::sources::Sources, raw: Optio
 pub async fn healthz(State(state): State<AppState>, axum::Extension(checkpoint): axum::Extension<Checkpoint>) -> Response {
     // A liveness probe tells nothing about channels or events.
     checkpoint.public();
-    readiness(&state.hub, &state.sources)
+    readiness(&state.hub, &state.sources, Audience::Public)
 }
+
+/// Who reads a readiness answer: anyone (the public `/healthz`), or the operator (the debug
+/// listener's `/readyz`). The store's own words (an engine message, a path) are the
+/// operator's only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Public,
+    Operator,
+}
+
+/// What the public `/healthz` says of a store that cannot be written.
+const STORE_NOT_WRITABLE: &str = "history store not writable (the server log, and /readyz on the debug listener, say why)";
 
 /// Whether the node can take publishes, and if not why (`/healthz` on the public listener,
 /// `/readyz` on the debug one).
-pub fn readiness(hub: &crate::hub::Hub, sources: &crate::sources::Sources) -> Response {
+pub fn readiness(hub: &crate::hub::Hub, sources: &crate::sources::Sources, audience: Audience) -> Response {
     if hub.is_closing() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "shutting down" }))).into_response();
     }
@@ -78,11 +90,14 @@ pub fn readiness(hub: &crate::hub::Hub, sources: &crate::sources::Sources) -> Re
         let store = hub.store();
         return match store.problem() {
             None => with_sources(StatusCode::OK, serde_json::json!({ "status": "ok", "store": store.kind() })),
-            Some(problem) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "store unavailable", "store": store.kind(), "store_error": problem })),
-            )
-                .into_response(),
+            Some(problem) => {
+                let said = if audience == Audience::Operator { problem } else { STORE_NOT_WRITABLE.to_owned() };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({ "status": "store unavailable", "store": store.kind(), "store_error": said })),
+                )
+                    .into_response()
+            }
         };
     };
     let bus_state = bus.state();
