@@ -39,8 +39,9 @@ pub struct Shared {
     pub max_headers: usize,
     /// `limits.write_timeout`.
     pub write_timeout: event_stream::WriteTimeout,
-    /// `http_root` without its trailing slash: empty for `/`.
-    pub root: Box<str>,
+    /// `http_root` without its trailing slash: empty for `/`. Shared with each hyper
+    /// connection's request mapping.
+    pub root: std::sync::Arc<str>,
 }
 
 /// What the first request head turned out to be.

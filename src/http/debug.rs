@@ -88,11 +88,11 @@ async fn metrics(State(state): State<DebugState>) -> impl IntoResponse {
 
 /// `/stats` moved here by `debug.stats`: the same page, behind the debug token instead of the
 /// public listener's access rules.
-async fn stats(State(state): State<DebugState>, axum::extract::RawQuery(raw): axum::extract::RawQuery) -> Response {
-    match super::stats::page(&state.hub, &state.sources, raw) {
-        Ok(page) => axum::Json(page).into_response(),
-        Err(e) => e.into_response(),
-    }
+async fn stats(
+    State(state): State<DebugState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<axum::Json<super::stats::StatsPage>, super::ApiError> {
+    super::stats::page(&state.hub, &state.sources, raw).map(axum::Json)
 }
 
 async fn config(State(state): State<DebugState>) -> impl IntoResponse {

@@ -122,16 +122,33 @@ impl ServerTls {
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = (!every.is_zero()).then(|| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
         loop {
+            // `true` for a SIGHUP (reload whatever the files look like), `false` for a look.
             let hangup = async {
                 #[cfg(unix)]
                 if let Some(h) = &mut hangups {
-                    return h.recv().await.is_some();
+                    return h.recv().await;
                 }
-                std::future::pending::<bool>().await
+                std::future::pending().await
+            };
+            let look = async {
+                match &mut tick {
+                    Some(tick) => tick.tick().await,
+                    None => std::future::pending().await,
+                }
             };
             let force = tokio::select! {
-                got = hangup => got,
-                _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => false,
+                got = hangup => match got {
+                    Some(()) => true,
+                    // No more signals will come: stop listening for them rather than spin.
+                    None => {
+                        #[cfg(unix)]
+                        {
+                            hangups = None;
+                        }
+                        continue;
+                    }
+                },
+                _ = look => false,
             };
             self.reload(force);
         }

@@ -341,8 +341,13 @@ impl Hub {
     /// cluster, given to the bus, which may find it published already: then nothing is
     /// appended, and the ids are the first publish's, with `true`).
     async fn publish_keyed(&self, items: Vec<Publication>, claim: Option<&dedupe::Claimed>) -> Result<(Vec<String>, bool), PublishError> {
-        let span = crate::telemetry::otlp::hub_publish_span(items.len());
-        tracing::Instrument::instrument(self.publish_keyed_inner(items, claim), span).await
+        // Instrumented only when traces are exported: otherwise the publish pays for no span.
+        if crate::telemetry::otlp::enabled() {
+            let span = crate::telemetry::otlp::hub_publish_span(items.len());
+            tracing::Instrument::instrument(self.publish_keyed_inner(items, claim), span).await
+        } else {
+            self.publish_keyed_inner(items, claim).await
+        }
     }
 
     async fn publish_keyed_inner(
@@ -466,9 +471,10 @@ impl Hub {
         }
         match appended? {
             Appended::Visible(targets) => wake_targets(targets),
-            Appended::Settling(settling) => {
+            Appended::Settling(settling) if crate::telemetry::otlp::enabled() => {
                 tracing::Instrument::instrument(settling.wait(), crate::telemetry::otlp::store_sync_span()).await?
             }
+            Appended::Settling(settling) => settling.wait().await?,
             Appended::Nothing => {}
         }
         Ok(events)
